@@ -105,8 +105,28 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# bench: each benchmark is a module llmlab.bench.<kind> with main(argv) -> int (own arguments).
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_params, _add_generate]
+BENCH_KINDS = ("train", "infer", "moe", "data")
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="benchmarks: a table, then one JSON line", add_help=False)
+    p.add_argument("kind", choices=BENCH_KINDS)
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="arguments of that benchmark (--help for them)")
+    p.set_defaults(func=_cmd_bench)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import importlib
+
+    module = importlib.import_module(f"llmlab.bench.{args.kind}")
+    return int(module.main(args.rest) or 0)
+
+
+# ---------------------------------------------------------------------------------------------
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_params, _add_generate, _add_bench]
 
 
 def build_parser() -> argparse.ArgumentParser:
