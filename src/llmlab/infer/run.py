@@ -1,0 +1,91 @@
+"""`llmlab generate`: load weights (a run directory) or build random ones (a config), time generation."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llmlab.config import load_model_config
+from llmlab.errors import ConfigError
+from llmlab.infer.generate import decode_step, generate
+from llmlab.model import GPT
+
+
+def parse_prompt_ids(text: str, vocab_size: int) -> list[int]:
+    try:
+        ids = [int(t) for t in text.replace(" ", "").split(",") if t]
+    except ValueError:
+        raise ConfigError(f"--prompt-ids must be comma-separated integers, got {text!r}") from None
+    if not ids:
+        raise ConfigError("--prompt-ids is empty")
+    bad = [i for i in ids if not 0 <= i < vocab_size]
+    if bad:
+        raise ConfigError(f"--prompt-ids: id {bad[0]} is outside the vocabulary [0, {vocab_size})")
+    return ids
+
+
+def load_source(source: str, overrides: list[str], device: str, seed: int) -> tuple[GPT, Any]:
+    """(model in eval mode, tokenizer or None). A directory = a training run; a file = a config."""
+    path = Path(source)
+    if path.is_dir():
+        from llmlab.train.checkpoint import load_for_inference  # a run knows its tokenizer
+
+        model, tokenizer = load_for_inference(path, device=device)
+        return model.eval(), tokenizer
+    torch.manual_seed(seed)
+    model = GPT(load_model_config(path, overrides)).to(device)
+    return model.eval(), None
+
+
+def timed_generate(model: GPT, prompt: torch.Tensor, max_new_tokens: int, *, use_kv_cache: bool,
+                   temperature: float, top_k: int | None, seed: int, compile: bool = False
+                   ) -> tuple[torch.Tensor, float]:
+    """(ids, seconds). With compile, one warm-up call first so compilation is not timed."""
+    decode_fn = torch.compile(decode_step, fullgraph=True, dynamic=False) if compile else decode_step
+    kwargs = dict(use_kv_cache=use_kv_cache, temperature=temperature, top_k=top_k, seed=seed,
+                  decode_fn=decode_fn)
+    if compile:
+        generate(model, prompt, max_new_tokens, **kwargs)
+    _sync(prompt.device)
+    t0 = time.perf_counter()
+    out = generate(model, prompt, max_new_tokens, **kwargs)
+    _sync(prompt.device)
+    return out, time.perf_counter() - t0
+
+
+def generate_from_source(source: str, *, prompt: str | None, prompt_ids: str | None, max_new_tokens: int,
+                         use_kv_cache: bool, temperature: float, top_k: int | None, seed: int,
+                         batch_size: int = 1, device: str = "cpu", compile: bool = False,
+                         overrides: list[str] = ()) -> dict[str, Any]:
+    model, tokenizer = load_source(source, list(overrides), device, seed)
+    vocab = model.config.vocab_size
+    if prompt is not None:
+        if tokenizer is None:
+            raise ConfigError("--prompt needs a tokenizer: pass a run directory, or use --prompt-ids with a config")
+        ids = tokenizer.encode(prompt)
+    else:
+        ids = parse_prompt_ids(prompt_ids or "", vocab)
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    idx = torch.tensor([ids] * batch_size, device=device)
+    out, seconds = timed_generate(model, idx, max_new_tokens, use_kv_cache=use_kv_cache,
+                                  temperature=temperature, top_k=top_k, seed=seed, compile=compile)
+    new = out[:, len(ids):].tolist()
+    result: dict[str, Any] = {
+        "ids": out.tolist(),
+        "new_ids": new,
+        "text": [tokenizer.decode(row) for row in out.tolist()] if tokenizer is not None else None,
+        "new_tokens": max_new_tokens * batch_size,
+        "seconds": seconds,
+        "tokens_per_s": max_new_tokens * batch_size / seconds if seconds > 0 else float("inf"),
+        "kv_cache": use_kv_cache,
+    }
+    return result
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -1,0 +1,162 @@
+"""The GPT: embeddings -> n_layers pre-norm blocks (attention, MLP or MoE) -> final norm -> logits.
+
+Shape legend: B batch, T tokens this call, S KV-cache length, D model width, V vocabulary.
+
+Read top to bottom in forward-pass order: `Block` (norm -> attention -> residual; norm -> MLP/MoE ->
+residual), then `GPT` (embed, blocks, head) and its KV-cache lifecycle (`setup_kv_cache` /
+`clear_kv_cache`, as in gpt-fast and litgpt).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from llmlab.config import ModelConfig
+from llmlab.model.attention import CausalSelfAttention, rope_cache
+from llmlab.model.kv_cache import KVCache
+from llmlab.model.mlp import MLP
+from llmlab.model.norm import make_norm
+
+
+class GPTOutput(NamedTuple):
+    logits: torch.Tensor
+    """(B, T, vocab_size): padded vocabulary rows are sliced off."""
+    aux_loss: torch.Tensor
+    """Scalar: the weighted MoE auxiliary losses summed over layers (0 for a dense model)."""
+    moe_stats: dict[str, torch.Tensor]
+    """Routing statistics stacked over MoE layers, e.g. load (L_moe, E); empty for a dense model."""
+
+
+class Block(nn.Module):
+    """Pre-norm residual block (GPT-2 / Llama): x + attn(norm(x)), then x + ffn(norm(x))."""
+
+    def __init__(self, cfg: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.attn_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.bias)
+        self.attn = CausalSelfAttention(cfg)
+        self.ffn_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.bias)
+        if cfg.is_moe_layer(layer):
+            from llmlab.model.moe import MoE
+
+            self.ffn: nn.Module = MoE(cfg.d_model, cfg.moe, cfg.mlp, cfg.bias)
+        else:
+            self.ffn = MLP(cfg.d_model, cfg.d_ff, cfg.mlp, cfg.bias)
+        self.is_moe = cfg.is_moe_layer(layer)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
+                input_pos: torch.Tensor | None, mask: torch.Tensor | None
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+        x = x + self.dropout(self.attn(self.attn_norm(x), rope, input_pos, mask))
+        if self.is_moe:
+            y, stats = self.ffn(self.ffn_norm(x))
+        else:
+            y, stats = self.ffn(self.ffn_norm(x)), None
+        return x + self.dropout(y), stats
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        V, D = cfg.padded_vocab_size, cfg.d_model
+        self.tok_emb = nn.Embedding(V, D)
+        self.pos_emb = nn.Embedding(cfg.max_seq_len, D) if cfg.pos == "learned" else None
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+        self.norm = make_norm(cfg.norm, D, cfg.norm_eps, cfg.bias)
+        self.lm_head = nn.Linear(D, V, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight  # Press & Wolf 2017
+        if cfg.pos == "rope":
+            cos, sin = rope_cache(cfg.max_seq_len, cfg.head_dim, cfg.rope_theta)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.register_buffer("causal_mask", None, persistent=False)  # (S, S) bool, by setup_kv_cache
+        self.init_weights()
+
+    # -- initialisation ---------------------------------------------------------------------
+
+    @torch.no_grad()
+    def init_weights(self, std: float = 0.02) -> None:
+        """Normal(0, 0.02); residual output projections get 0.02 / sqrt(2 n_layers) (GPT-2, Radford
+        et al. 2019), so the residual stream's variance does not grow with depth."""
+        out_std = std / math.sqrt(2 * self.config.n_layers)
+        V = self.config.vocab_size
+        # Padded vocabulary rows are zero and draw no random numbers: padding changes nothing.
+        self.tok_emb.weight.zero_()
+        self.tok_emb.weight[:V].normal_(std=std)
+        if self.pos_emb is not None:
+            nn.init.normal_(self.pos_emb.weight, std=std)
+        for block in self.blocks:
+            block.attn.init_weights(std, out_std)
+            block.ffn.init_weights(std, out_std)
+            for norm in (block.attn_norm, block.ffn_norm):
+                norm.reset_parameters()
+        self.norm.reset_parameters()
+        if not self.config.tie_embeddings:
+            self.lm_head.weight.zero_()
+            self.lm_head.weight[:V].normal_(std=std)
+
+    # -- forward ----------------------------------------------------------------------------
+
+    def forward(self, idx: torch.Tensor, input_pos: torch.Tensor | None = None) -> GPTOutput:
+        """idx (B, T) token ids. input_pos (T,) = their positions; required with a KV cache
+        (prefill: arange(T); decode: the current position), else positions are 0..T-1."""
+        B, T = idx.shape
+        pos = input_pos if input_pos is not None else torch.arange(T, device=idx.device)
+        x = self.tok_emb(idx)  # (B, T, D)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(pos)
+        x = self.drop(x)
+        rope = (self.rope_cos[pos], self.rope_sin[pos]) if self.config.pos == "rope" else None
+        mask = None
+        if self.causal_mask is not None and input_pos is not None:
+            mask = self.causal_mask[input_pos]  # (T, S): query at position p sees keys 0..p
+        aux_loss = x.new_zeros((), dtype=torch.float32)
+        stats: list[dict[str, torch.Tensor]] = []
+        for block in self.blocks:
+            x, block_stats = block(x, rope, input_pos, mask)
+            if block_stats is not None:
+                aux_loss = aux_loss + block_stats["aux_loss"]
+                stats.append(block_stats)
+        logits = self.lm_head(self.norm(x))[..., : self.config.vocab_size]  # (B, T, V)
+        moe_stats = {k: torch.stack([s[k] for s in stats]) for k in stats[0]} if stats else {}
+        return GPTOutput(logits, aux_loss, moe_stats)
+
+    # -- KV cache lifecycle -----------------------------------------------------------------
+
+    def setup_kv_cache(self, batch_size: int, max_seq_len: int | None = None,
+                       dtype: torch.dtype | None = None) -> None:
+        """Allocate per-layer static caches (B, Hkv, S, hd). Replaces any existing cache."""
+        cfg = self.config
+        S = max_seq_len or cfg.max_seq_len
+        if S > cfg.max_seq_len:
+            raise ValueError(f"KV cache length ({S}) must not exceed model.max_seq_len ({cfg.max_seq_len})")
+        ref = self.lm_head.weight
+        dtype = dtype or ref.dtype
+        for block in self.blocks:
+            block.attn.kv_cache = KVCache(batch_size, cfg.n_kv_heads, S, cfg.head_dim, dtype, ref.device)
+        self.causal_mask = torch.ones(S, S, dtype=torch.bool, device=ref.device).tril()
+
+    def clear_kv_cache(self) -> None:
+        """Free the caches; forward then runs without one (training never touches the cache)."""
+        for block in self.blocks:
+            block.attn.kv_cache = None
+        self.causal_mask = None
+
+    @property
+    def kv_cache(self) -> KVCache | None:
+        """The first layer's cache (None when none is set up): its shape describes all layers'."""
+        return self.blocks[0].attn.kv_cache
+
+    def set_attention_impl(self, impl: str) -> None:
+        """'sdpa' (fast path) or 'math' (the plain reference), for tests and debugging."""
+        if impl not in ("sdpa", "math"):
+            raise ValueError(f"attention impl must be 'sdpa' or 'math', got {impl!r}")
+        for block in self.blocks:
+            block.attn.use_sdpa = impl == "sdpa"
