@@ -63,6 +63,15 @@ class GPT(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.config = cfg
+        # One draw from the global RNG seeds the whole initialisation, so the weights depend on the
+        # seed alone, not on how many numbers the modules' default inits happen to consume (vocab
+        # padding, for one, must not change them).
+        init_seed = int(torch.randint(0, 2**62, ()).item())
+        with torch.random.fork_rng(devices=[]):
+            self._build(cfg)
+            self.init_weights(seed=init_seed)
+
+    def _build(self, cfg: ModelConfig) -> None:
         V, D = cfg.padded_vocab_size, cfg.d_model
         self.tok_emb = nn.Embedding(V, D)
         self.pos_emb = nn.Embedding(cfg.max_seq_len, D) if cfg.pos == "learned" else None
@@ -77,14 +86,19 @@ class GPT(nn.Module):
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
         self.register_buffer("causal_mask", None, persistent=False)  # (S, S) bool, by setup_kv_cache
-        self.init_weights()
 
     # -- initialisation ---------------------------------------------------------------------
 
     @torch.no_grad()
-    def init_weights(self, std: float = 0.02) -> None:
+    def init_weights(self, std: float = 0.02, seed: int | None = None) -> None:
         """Normal(0, 0.02); residual output projections get 0.02 / sqrt(2 n_layers) (GPT-2, Radford
         et al. 2019), so the residual stream's variance does not grow with depth."""
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(seed)
+            self._init_weights(std)
+
+    def _init_weights(self, std: float) -> None:
         out_std = std / math.sqrt(2 * self.config.n_layers)
         V = self.config.vocab_size
         # Padded vocabulary rows are zero and draw no random numbers: padding changes nothing.
