@@ -31,7 +31,7 @@ def load_source(source: str, overrides: list[str], device: str, seed: int) -> tu
     """(model in eval mode, tokenizer or None). A directory = a training run; a file = a config."""
     path = Path(source)
     if path.is_dir():
-        from llmlab.train.checkpoint import load_for_inference  # a run knows its tokenizer
+        from llmlab.train.inference import load_for_inference  # a run knows its tokenizer
 
         model, tokenizer = load_for_inference(path, device=device)
         return model.eval(), tokenizer
