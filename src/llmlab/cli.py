@@ -105,6 +105,225 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# train / eval
+
+TRAIN_EPILOG = """exit codes:
+  0   done (result.json written)
+  2   user error: bad config, data, run directory in use, checkpoint that does not match
+  3   non-finite loss or gradient norm: stopped before the update, last good checkpoint kept
+  75  stopped by SIGTERM/SIGINT after a checkpoint: run the same command again to resume
+
+multi-process: torchrun --nproc_per_node=N -m llmlab train CONFIG (same tokens per update at any N)"""
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a run (resumes when the run directory holds a checkpoint)",
+                       epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", help="a run TOML file: [model], [data], [train]")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.lr=3e-4")
+    p.add_argument("--run-dir", default=None, help="where the run is recorded (default: runs/<config name>)")
+    p.add_argument("--json", action="store_true", help="print result.json as one JSON line at the end")
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from llmlab.config import load_run_config
+    from llmlab.train import TrainingDiverged, train
+
+    cfg = load_run_config(args.config, args.set)
+    run_dir = args.run_dir or str(Path("runs") / Path(args.config).stem)
+    try:
+        outcome = train(cfg, run_dir)
+    except TrainingDiverged as e:
+        print(f"llmlab: error: {e}", file=sys.stderr)
+        return e.exit_code
+    if args.json and outcome.result is not None:
+        _print_json(outcome.result)
+    return outcome.exit_code
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate the latest checkpoint of a run directory")
+    p.add_argument("run_dir")
+    p.add_argument("--split", choices=("val", "test"), default="val",
+                   help="val: the fixed validation windows (train.eval_windows); test: the whole split")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_cmd_eval)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from llmlab.train import evaluate_run
+
+    out = evaluate_run(args.run_dir, split=args.split, device=args.device)
+    if args.json:
+        _print_json(out)
+        return 0
+    width = max(len(k) for k in out)
+    for key, value in out.items():
+        print(f"{key:<{width}}  {value:.4f}" if isinstance(value, float) else f"{key:<{width}}  {value}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# prepare, tokenizer
+
+
+def _add_prepare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("prepare", help="tokenize a corpus once into token files + meta.json")
+    p.add_argument("--dataset", required=True, help="wikitext-103 | wikitext-2 | pydocs | a folder of .txt files")
+    p.add_argument("--tokenizer", default="gpt2", help="gpt2 | byte | a trained tokenizer.json (default: gpt2)")
+    p.add_argument("--out", default=None, help="output folder (default: data/<dataset>-<tokenizer>)")
+    p.add_argument("--source-dir", default=None, help="local WikiText copy: the raw files or the parquet files")
+    p.add_argument("--tokenizer-file", default=None, help="a local gpt2.tiktoken ranks file")
+    p.add_argument("--force", action="store_true", help="overwrite data prepared differently")
+    p.add_argument("--workers", type=int, default=None, help="tokenizer processes (default: all CPUs for large corpora)")
+    p.add_argument("--json", action="store_true", help="print meta.json as one JSON line")
+    p.set_defaults(func=_cmd_prepare)
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from llmlab.config import DataConfig
+    from llmlab.data.prepare import prepare, summary
+
+    out = args.out or DataConfig(dataset=args.dataset, tokenizer=args.tokenizer).resolved_dir
+    meta = prepare(args.dataset, args.tokenizer, out, source_dir=args.source_dir, tokenizer_file=args.tokenizer_file,
+                   force=args.force, workers=args.workers)
+    if args.json:
+        _print_json(meta)
+    else:
+        print(summary(meta, out))
+    return 0
+
+
+def _add_tokenizer(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("tokenizer", help="fetch the GPT-2 BPE for offline use, or train a byte-level BPE")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    fetch = actions.add_parser("fetch", help="cache the GPT-2 ranks (tiktoken, else PyPI openai-whisper), sha256-checked")
+    fetch.add_argument("name", choices=("gpt2",))
+    fetch.add_argument("--json", action="store_true", help="print one JSON object")
+    fetch.set_defaults(func=_cmd_tokenizer_fetch)
+    train = actions.add_parser("train", help="train a byte-level BPE (HF tokenizers) on a corpus's train split")
+    train.add_argument("--dataset", required=True, help="wikitext-103 | wikitext-2 | pydocs | a folder of .txt files")
+    train.add_argument("--source-dir", default=None, help="local WikiText copy")
+    train.add_argument("--vocab-size", type=int, required=True, help="including 256 bytes and <|endoftext|>")
+    train.add_argument("--out", required=True, help="where to write the tokenizer.json")
+    train.add_argument("--json", action="store_true", help="print one JSON object")
+    train.set_defaults(func=_cmd_tokenizer_train)
+
+
+def _cmd_tokenizer_fetch(args: argparse.Namespace) -> int:
+    from llmlab.data.tokenizers import fetch_gpt2
+
+    out = fetch_gpt2()
+    if args.json:
+        _print_json(out)
+    else:
+        print(f"gpt2 ranks: {out['path']} (sha256 {out['sha256'][:16]}…, from {out['source']})")
+    return 0
+
+
+def _cmd_tokenizer_train(args: argparse.Namespace) -> int:
+    from llmlab.data.tokenizers import train_bpe
+
+    out = train_bpe(args.dataset, args.vocab_size, args.out, source_dir=args.source_dir)
+    if args.json:
+        _print_json(out)
+    else:
+        print(f"wrote {out['path']}: vocab {out['vocab_size']:,}, hash {out['hash']}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# plan / campaign / report / demo
+
+
+def _add_plan(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plan", help="show a campaign's variants, parameters and budget; check the match")
+    p.add_argument("campaign", help="a campaign TOML (configs/campaigns/*.toml)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every variant")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_plan)
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from llmlab.bench.common import print_table
+    from llmlab.campaign.plan import load_campaign, plan_rows
+
+    campaign = load_campaign(args.campaign, args.set)
+    rows = plan_rows(campaign)
+    if args.json:
+        _print_json({"campaign": campaign.name, "match": campaign.match, "variants": rows})
+        return 0
+    print(f"campaign {campaign.name}: {campaign.match} equal within {campaign.tolerance:.0%}")
+    print_table(rows, [("variant", "variant", ""), ("heads", "q/kv heads", ""), ("moe", "experts", ""),
+                       ("total", "total", ",d"), ("active_non_embedding", "active non-emb", ",d"),
+                       ("vs_first", "vs first", ".4f"), ("kv_bytes_per_token", "KV B/token", ",d"),
+                       ("flops_per_token", "FLOPs/token", ",d"), ("tokens", "train tokens", ",d"),
+                       ("dataset", "data", ""), ("tokenizer", "tokenizer", "")])
+    return 0
+
+
+def _add_campaign(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("campaign", help="train every variant of a campaign, measure generation, report")
+    p.add_argument("campaign", help="a campaign TOML (configs/campaigns/*.toml)")
+    p.add_argument("--out", default=None, help="output folder (default: runs/<campaign name>)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every variant")
+    p.set_defaults(func=_cmd_campaign)
+
+
+def _cmd_campaign(args: argparse.Namespace) -> int:
+    from llmlab.campaign.plan import load_campaign
+    from llmlab.campaign.report import write_report
+    from llmlab.campaign.run import run_campaign
+
+    campaign = load_campaign(args.campaign, args.set)
+    out = args.out or f"runs/{campaign.name}"
+    run_campaign(campaign, out)
+    report = write_report(out)
+    print("\n" + report["markdown"])
+    print("written: " + ", ".join(report["files"]))
+    return 0
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="compare finished runs: markdown table, CSV, loss plot")
+    p.add_argument("dir", help="a campaign output folder (or any folder of run directories)")
+    p.add_argument("--json", action="store_true", help="print the rows as one JSON object")
+    p.set_defaults(func=_cmd_report)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from llmlab.campaign.report import write_report
+
+    report = write_report(args.dir)
+    if args.json:
+        _print_json({"rows": report["rows"], "files": report["files"]})
+    else:
+        print(report["markdown"])
+        print("written: " + ", ".join(report["files"]))
+    return 0
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="the whole path in minutes on a CPU: prepare, train 3 variants, generate, compare")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every variant")
+    p.set_defaults(func=_cmd_demo)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from llmlab.campaign.demo import run_demo
+
+    report = run_demo(args.out, overrides=args.set)
+    print("\n" + report["markdown"])
+    print(f"written: {', '.join(report['files'])} ({report['seconds']:.0f} s)")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
 # bench: each benchmark is a module llmlab.bench.<kind> with main(argv) -> int (own arguments).
 
 BENCH_KINDS = ("train", "infer", "moe", "data")
@@ -126,7 +345,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------------
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_params, _add_generate, _add_bench]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_prepare, _add_tokenizer, _add_params, _add_generate, _add_train, _add_eval,
+    _add_plan, _add_campaign, _add_report, _add_demo, _add_bench,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

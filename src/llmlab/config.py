@@ -25,6 +25,7 @@ DISPATCHES = ("grouped", "capacity", "loop")
 SCHEDULES = ("cosine", "wsd", "constant")
 DTYPES = ("auto", "bf16", "fp32")
 PARALLELISMS = ("ddp", "fsdp")
+COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")
 
 
 def _positive(name: str, value: int | float | None) -> None:
@@ -230,6 +231,9 @@ class TrainConfig:
     """auto | cpu | cuda | cuda:N."""
     compile: bool = False
     """torch.compile the model for the train and eval steps."""
+    compile_backend: str = "inductor"
+    """torch.compile backend: inductor (generated kernels) | aot_eager | eager. The last two capture
+    the same graphs without generating code: for debugging graph breaks and for fast CPU tests."""
     seed: int = 0
     eval_interval: int = 100
     """Evaluate on the fixed validation windows every this many steps (0 = only at the end)."""
@@ -252,6 +256,7 @@ class TrainConfig:
         _choice("train.schedule", self.schedule, SCHEDULES)
         _choice("train.dtype", self.dtype, DTYPES)
         _choice("train.parallelism", self.parallelism, PARALLELISMS)
+        _choice("train.compile_backend", self.compile_backend, COMPILE_BACKENDS)
         if not 0.0 < self.decay_frac <= 1.0:
             raise ConfigError(f"train.decay_frac must be in (0, 1], got {self.decay_frac}")
         if self.min_lr > self.lr:

@@ -1,0 +1,217 @@
+"""`llmlab bench train CONFIG`: training-step throughput, eager vs torch.compile, and a peer.
+
+One training step = forward, fp32 cross-entropy, backward, gradient clipping, AdamW -- the path
+`llmlab train` runs (`llmlab.train.step.train_step`), on a fixed random batch of the config's
+(micro_batch_size, seq_len). Compile time (the first compiled steps) is reported apart and
+excluded from tokens/s. The peer is Hugging Face `transformers` (optional extra `[bench]`):
+LlamaForCausalLM for a dense Llama-style config, MixtralForCausalLM for an MoE one, with the same
+shapes, random weights, the same loss, optimizer and thread count. Prints a table, then one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llmlab.bench.common import emit_json, environment, median, print_table, sync
+from llmlab.config import ModelConfig, RunConfig, TrainConfig, load_run_config
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="llmlab bench train", description=__doc__.split("\n\n")[0])
+    p.add_argument("config", help="a run (or model) TOML file")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--batch-size", type=int, default=None, help="default: train.micro_batch_size")
+    p.add_argument("--seq-len", type=int, default=None, help="default: train.seq_len")
+    p.add_argument("--steps", type=int, default=5, help="timed steps per repeat")
+    p.add_argument("--repeats", type=int, default=3, help="tokens/s is the median over repeats")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation happens here)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", choices=("auto", "bf16", "fp32"), default=None, help="default: train.dtype")
+    p.add_argument("--no-compile", action="store_true", help="skip the compiled row")
+    p.add_argument("--no-peer", action="store_true", help="skip the Hugging Face row")
+    return p.parse_args(argv)
+
+
+# ---------------------------------------------------------------------------------------------
+# What is timed
+
+
+def _our_step(cfg: RunConfig, device: torch.device, amp: torch.dtype | None, compiled: bool) -> tuple[Callable, nn.Module]:
+    from llmlab.train.optim import build_optimizer
+    from llmlab.train.setup import build_model
+    from llmlab.train.step import LossHead, train_step
+
+    model = build_model(cfg.model, seed=0, device=device)
+    module: nn.Module = LossHead(model, amp, device.type)
+    if compiled:
+        module = torch.compile(module, fullgraph=True, dynamic=False)
+    optimizer = build_optimizer(model, cfg.train, device)
+    batch = _batch(cfg, device)
+    tc = cfg.train
+
+    def step() -> None:
+        train_step(module, model, optimizer, lambda: batch, 1, tc.grad_clip, device)
+
+    return step, model
+
+
+def _peer_step(cfg: RunConfig, device: torch.device, amp: torch.dtype | None) -> tuple[Callable, str]:
+    """The Hugging Face model on the same shapes, trained the same way (loss, clipping, AdamW)."""
+    from llmlab.train.optim import build_optimizer
+
+    model, name = _hf_model(cfg.model)
+    model = model.to(device).train()
+    optimizer = build_optimizer(model, cfg.train, device)
+    x, y = _batch(cfg, device)
+    tc = cfg.train
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            logits = model(input_ids=x).logits
+        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip or float("inf"), foreach=True)
+        loss.item()  # the same host sync as our step's finite check
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step, name
+
+
+def _hf_model(m: ModelConfig) -> tuple[nn.Module, str]:
+    """Raises ValueError (with the reason) when the config has no HF equivalent."""
+    if m.norm != "rmsnorm" or m.pos != "rope" or m.mlp != "swiglu" or m.bias:
+        raise ValueError("the peer needs a Llama-style config (rmsnorm, rope, swiglu, no bias)")
+    import transformers
+
+    common = dict(
+        vocab_size=m.vocab_size, hidden_size=m.d_model, num_hidden_layers=m.n_layers,
+        num_attention_heads=m.n_heads, num_key_value_heads=m.n_kv_heads, head_dim=m.head_dim,
+        max_position_embeddings=m.max_seq_len, rms_norm_eps=m.norm_eps, rope_theta=m.rope_theta,
+        tie_word_embeddings=m.tie_embeddings, attention_dropout=0.0,
+    )
+    if m.moe is None:
+        cfg = transformers.LlamaConfig(intermediate_size=m.d_ff, attention_bias=False, mlp_bias=False, **common)
+        return transformers.LlamaForCausalLM(cfg), "HF LlamaForCausalLM"
+    if m.moe.n_shared_experts or m.moe.every_n_layers != 1:
+        raise ValueError("the Mixtral peer has no shared experts and MoE in every layer")
+    cfg = transformers.MixtralConfig(intermediate_size=m.moe.d_ff_expert, num_local_experts=m.moe.n_experts,
+                                     num_experts_per_tok=m.moe.top_k, router_aux_loss_coef=0.0, **common)
+    return transformers.MixtralForCausalLM(cfg), "HF MixtralForCausalLM"
+
+
+def _batch(cfg: RunConfig, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, cfg.model.vocab_size, (cfg.train.micro_batch_size, cfg.train.seq_len + 1), generator=g)
+    return tokens[:, :-1].to(device), tokens[:, 1:].to(device)
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing
+
+
+def measure(step: Callable[[], None], device: torch.device, tokens_per_step: int, args: argparse.Namespace
+            ) -> dict[str, float]:
+    """Warm-up steps timed apart (compilation), then the median tokens/s over repeats."""
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(args.warmup):
+        step()
+    sync(device)
+    warmup_s = time.perf_counter() - t0
+    rates = []
+    for _ in range(args.repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in range(args.steps):
+            step()
+        sync(device)
+        rates.append(args.steps * tokens_per_step / (time.perf_counter() - t0))
+    rate = median(rates)
+    return {"tokens_per_s": rate, "step_ms": 1000 * tokens_per_step / rate, "warmup_s": warmup_s}
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _resolve(args: argparse.Namespace) -> tuple[RunConfig, torch.device, torch.dtype | None]:
+    from llmlab.train.distributed import resolve_device
+    from llmlab.train.setup import autocast_dtype
+
+    overrides = list(args.set)
+    if args.batch_size:
+        overrides.append(f"train.micro_batch_size={args.batch_size}")
+    if args.seq_len:
+        overrides.append(f"train.seq_len={args.seq_len}")
+    if args.dtype:
+        overrides.append(f"train.dtype={args.dtype}")
+    overrides.append("train.tokens_per_update=0")  # one micro-batch per step
+    cfg = load_run_config(args.config, overrides)
+    device = resolve_device(cfg.train.device)
+    return cfg, device, autocast_dtype(cfg.train, device)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from llmlab.model.accounting import count
+    from llmlab.train.metrics import mfu, peak_flops
+
+    cfg, device, amp = _resolve(args)
+    tokens = cfg.train.micro_batch_size * cfg.train.seq_len
+    flops = count(cfg.model, seq_len=cfg.train.seq_len)["flops_per_token"]
+    peak = peak_flops(device) if amp == torch.bfloat16 else None
+    rows, notes = [], []
+    eager = measure(_our_step(cfg, device, amp, compiled=False)[0], device, tokens, args)
+    rows.append({"impl": "llmlab eager", **eager})
+    if not args.no_compile:
+        compiled = measure(_our_step(cfg, device, amp, compiled=True)[0], device, tokens, args)
+        # Compile time: the warm-up steps beyond what they cost once compiled.
+        compiled["compile_s"] = max(0.0, compiled["warmup_s"] - args.warmup * compiled["step_ms"] / 1000)
+        rows.append({"impl": "llmlab compiled", **compiled})
+    if not args.no_peer:
+        rows.extend(_peer_rows(cfg, device, amp, tokens, args, notes))
+    for row in rows:
+        row["mfu"] = mfu(flops, row["tokens_per_s"], peak)
+    peer = next((r for r in rows if r["impl"].startswith("HF")), None)
+    for row in rows:
+        row["vs_peer"] = row["tokens_per_s"] / peer["tokens_per_s"] if peer else None
+    return {"rows": rows, "notes": notes, "cfg": cfg, "device": device, "amp": amp, "flops": flops}
+
+
+def _peer_rows(cfg: RunConfig, device: torch.device, amp: torch.dtype | None, tokens: int,
+               args: argparse.Namespace, notes: list[str]) -> list[dict[str, Any]]:
+    try:
+        step, name = _peer_step(cfg, device, amp)
+    except ImportError:
+        notes.append("peer skipped: transformers is not installed (pip install -e '.[bench]')")
+        return []
+    except ValueError as e:
+        notes.append(f"peer skipped: {e}")
+        return []
+    return [{"impl": f"{name} eager", **measure(step, device, tokens, args)}]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.manual_seed(0)
+    out = run(args)
+    cfg, rows = out["cfg"], out["rows"]
+    print(f"training step (fwd + bwd + clip + AdamW), batch {cfg.train.micro_batch_size} x {cfg.train.seq_len}, "
+          f"{out['device']}, {str(out['amp'] or torch.float32).removeprefix('torch.')}, "
+          f"{torch.get_num_threads()} threads")
+    print_table(rows, [("impl", "impl", ""), ("tokens_per_s", "tokens/s", ",.0f"), ("step_ms", "step ms", ".1f"),
+                       ("compile_s", "compile s", ".1f"), ("mfu", "MFU", ".1%"), ("vs_peer", "vs peer", ".2f")])
+    for note in out["notes"]:
+        print(note)
+    emit_json({
+        "bench": "train", "config": args.config, "overrides": args.set,
+        "batch_size": cfg.train.micro_batch_size, "seq_len": cfg.train.seq_len,
+        "dtype": str(out["amp"] or torch.float32).removeprefix("torch."), "flops_per_token": out["flops"],
+        "results": rows, "notes": out["notes"], "env": environment(out["device"]),
+    })
+    return 0

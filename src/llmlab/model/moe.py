@@ -1,0 +1,285 @@
+"""Mixture-of-experts feed-forward: router -> dispatch -> stacked experts -> weighted combine.
+
+A token's MLP is replaced by top_k of n_experts smaller MLPs picked by a learned router (Shazeer et
+al. 2017; Switch Transformer, Fedus et al. 2021; Mixtral, Jiang et al. 2024), plus optional
+always-on shared experts (DeepSeekMoE, Dai et al. 2024). Three interchangeable dispatch strategies
+compute the same function when nothing is dropped (tests/model/test_moe.py checks it):
+
+- `loop`: a Python loop over experts with boolean selections; the readable reference, eager only.
+- `grouped`: dropless. Assignments are sorted by expert and each projection is one
+  `torch._grouped_mm` with cumulative offsets; A = K*N rows whatever the routing (static shapes).
+  Eager: fp32 or bf16. Compiled: bf16 only (the op's meta kernel accepts only bf16). Autocast does
+  not cover the op, so under autocast we cast to the autocast dtype ourselves (as torchtitan does).
+- `capacity`: Switch/GShard fixed buffers (E, C, D) and `bmm`. An expert takes at most
+  C = ceil(capacity_factor * top_k * N / E) assignments; the overflow is dropped (MoE output zero for
+  that slot, so the residual stream carries the token) and counted. Compiles in any dtype.
+  Drop priority: first choices before second choices (GShard, Lepikhin et al. 2020, sec. 2.2), and
+  within one choice rank in token order over the flattened (B, T) batch, so when an expert
+  overflows the latest tokens of the batch lose it first.
+
+All three share the router, the expert MLP formula (`MoE.experts`, given a per-layout `linear`)
+and the combine; nothing in `forward` calls `.item()` and the grouped and capacity paths have no
+data-dependent shapes, so the layer compiles with fullgraph=True. Auxiliary losses and routing
+statistics are returned as tensors (no global collector).
+
+Shape legend:
+    B batch, T sequence, D d_model, E n_experts, K top_k, F d_ff_expert
+    N = B*T tokens
+    A = K*N routed assignments (token, slot), slot-major: assignment a = k*N + n
+    C capacity per expert (capacity dispatch)
+    R rows handed to the experts: A (grouped, sorted by expert) or E*C (capacity buffer slots)
+    M the rows of one expert (loop)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llmlab.config import MoEConfig
+from llmlab.errors import ConfigError
+from llmlab.model.mlp import MLP, mlp_params
+
+Linear = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+"""(x_R_in, w_E_in_out, b_E_out or None) -> x @ w[e] + b[e], e = the expert of each row."""
+
+
+class Routing(NamedTuple):
+    """The router's decision for N tokens, shared by every dispatch strategy."""
+
+    logits_NE: torch.Tensor
+    """fp32 router logits."""
+    lse_N: torch.Tensor
+    """logsumexp of the logits: the softmax normaliser, reused by the z-loss and the entropy."""
+    probs_NE: torch.Tensor
+    """softmax(logits)."""
+    experts_A: torch.Tensor
+    """Chosen expert of each assignment (int64)."""
+    weights_A: torch.Tensor
+    """Combine weight of each assignment (fp32): its top-k probability, renormalised or not."""
+    counts_E: torch.Tensor
+    """Assignments per expert (int64), before any capacity drop."""
+
+
+class Plan(NamedTuple):
+    """How the static-shape dispatches (grouped, capacity) lay out expert rows."""
+
+    token_R: torch.Tensor
+    """The token (0..N-1) each row reads and writes back to."""
+    weight_R: torch.Tensor
+    """The row's combine weight (fp32); 0 for the empty slots of a capacity buffer."""
+    linear: Linear
+    """Applies each row's expert weights to all R rows at once."""
+
+
+class MoE(nn.Module):
+    """Drop-in replacement for the dense MLP: forward(x_BTD) -> (y_BTD, stats)."""
+
+    def __init__(self, d_model: int, cfg: MoEConfig, mlp: str, bias: bool) -> None:
+        super().__init__()
+        E, D, F_ = cfg.n_experts, d_model, cfg.d_ff_expert
+        if F_ <= 0:
+            raise ConfigError("model.moe.d_ff_expert must be set (ModelConfig derives it from d_ff / top_k)")
+        if cfg.dispatch == "grouped" and (D % 8 or F_ % 8):
+            raise ConfigError(
+                f"dispatch = 'grouped' needs d_model ({D}) and d_ff_expert ({F_}) to be multiples of 8 "
+                "(torch._grouped_mm wants 16-byte aligned rows); use dispatch = 'capacity' instead"
+            )
+        self.cfg = cfg
+        # The router runs in fp32 (Switch sec. 2.4, "selective precision": a bf16 softmax makes
+        # routing unstable).
+        self.router = nn.Linear(D, E, bias=False)
+        self.w_up_EDF = nn.Parameter(torch.empty(E, D, F_))
+        self.w_gate_EDF = nn.Parameter(torch.empty(E, D, F_)) if mlp == "swiglu" else None
+        self.w_down_EFD = nn.Parameter(torch.empty(E, F_, D))
+        self.b_up_EF = nn.Parameter(torch.zeros(E, F_)) if bias else None
+        self.b_gate_EF = nn.Parameter(torch.zeros(E, F_)) if bias and mlp == "swiglu" else None
+        self.b_down_ED = nn.Parameter(torch.zeros(E, D)) if bias else None
+        # DeepSeekMoE's n_shared always-on experts, fused into one MLP n_shared times as wide.
+        n_shared = cfg.n_shared_experts
+        self.shared = MLP(D, n_shared * F_, mlp, bias) if n_shared > 0 else None
+        self.init_weights(0.02, 0.02)
+
+    @torch.no_grad()
+    def init_weights(self, std: float, out_std: float) -> None:
+        """Normal(0, std) for the router and the input projections, out_std for the down projections
+        (GPT-2 scaled residual init), zero biases."""
+        for w in (self.router.weight, self.w_up_EDF, self.w_gate_EDF):
+            if w is not None:
+                nn.init.normal_(w, std=std)
+        nn.init.normal_(self.w_down_EFD, std=out_std)
+        for b in (self.b_up_EF, self.b_gate_EF, self.b_down_ED):
+            if b is not None:
+                nn.init.zeros_(b)
+        if self.shared is not None:
+            self.shared.init_weights(std, out_std)
+
+    # -- forward: router -> dispatch -> experts -> combine ---------------------------------------
+
+    def forward(self, x_BTD: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        B, T, D = x_BTD.shape
+        x_ND = x_BTD.reshape(B * T, D)
+        route = self.route(x_ND)
+        if self.cfg.dispatch == "loop":
+            y_RD, token_R, weight_R = self.loop_experts(x_ND, route)
+        else:
+            token_R, weight_R, linear = self.plan(route, B * T, compute_dtype(x_ND))
+            y_RD = self.experts(x_ND.index_select(0, token_R), linear)
+        y_ND = combine(y_RD, token_R, weight_R, B * T)
+        if self.shared is not None:
+            y_ND = y_ND + self.shared(x_ND)
+        return y_ND.view(B, T, D), self.stats(route)
+
+    def route(self, x_ND: torch.Tensor) -> Routing:
+        """fp32 softmax router, top-k, optional renormalisation over the k (Mixtral)."""
+        N, K, E = x_ND.shape[0], self.cfg.top_k, self.cfg.n_experts
+        with torch.autocast(x_ND.device.type, enabled=False):
+            logits_NE = F.linear(x_ND.float(), self.router.weight.float())
+        # softmax as exp(logits - lse): the same values, much faster on CPU than softmax over E = 8.
+        lse_N = torch.logsumexp(logits_NE, dim=-1)
+        probs_NE = torch.exp(logits_NE - lse_N[:, None])
+        weights_NK, experts_NK = probs_NE.topk(K, dim=-1)
+        if self.cfg.renormalize:
+            weights_NK = weights_NK / weights_NK.sum(dim=-1, keepdim=True)
+        experts_A = experts_NK.t().reshape(K * N)  # slot-major: all first choices, then second ...
+        counts_E = torch.zeros(E, dtype=torch.int64, device=x_ND.device)
+        counts_E.scatter_add_(0, experts_A, torch.ones_like(experts_A))
+        return Routing(logits_NE, lse_N, probs_NE, experts_A, weights_NK.t().reshape(K * N), counts_E)
+
+    def stats(self, route: Routing) -> dict[str, torch.Tensor]:
+        """Auxiliary losses and routing statistics, all tensors. Only aux_loss carries gradient."""
+        E, A = self.cfg.n_experts, route.experts_A.shape[0]
+        load_E = route.counts_E.float() / A  # f_i: fraction of assignments routed to expert i
+        # Switch load balancing (Fedus et al. 2021, eq. 4, over top-k assignments): E * sum_i f_i P_i
+        # with P_i the mean router probability; 1 when uniform. The gradient flows through P only.
+        balance_loss = E * (load_E * route.probs_NE.mean(dim=0)).sum()
+        # Router z-loss (ST-MoE, Zoph et al. 2022, eq. 5): keeps the logits small, the softmax stable.
+        z_loss = route.lse_N.square().mean()
+        with torch.no_grad():  # entropy H = lse - sum_i p_i logit_i, since log p_i = logit_i - lse
+            entropy = (route.lse_N - (route.probs_NE * route.logits_NE).sum(dim=-1)).mean()
+        kept = route.counts_E.clamp(max=self.capacity(route.lse_N.shape[0])).sum()
+        return {
+            "aux_loss": self.cfg.aux_loss_coef * balance_loss + self.cfg.z_loss_coef * z_loss,
+            "balance_loss": balance_loss.detach(),
+            "z_loss": z_loss.detach(),
+            "load": load_E,
+            "dropped_frac": 1.0 - kept.float() / A,
+            "max_load": load_E.max() * E,
+            "router_entropy": entropy,
+        }
+
+    def capacity(self, n_tokens: int) -> int:
+        """Assignments one expert can take. Switch: ceil(cf * top_k * N / E) for `capacity` dispatch,
+        capped at N (a token's k experts are distinct, so no expert gets more than N); N otherwise
+        (dropless)."""
+        cf = self.cfg.capacity_factor
+        if self.cfg.dispatch != "capacity" or cf is None:
+            return n_tokens
+        return min(n_tokens, math.ceil(cf * self.cfg.top_k * n_tokens / self.cfg.n_experts))
+
+    # -- experts: one MLP formula for every layout ------------------------------------------------
+
+    def experts(self, x_R_: torch.Tensor, linear: Linear) -> torch.Tensor:
+        """The expert MLP (SwiGLU or GELU) on rows x_RD; `linear` applies each row's own expert."""
+        h_RF = linear(x_R_, self.w_up_EDF, self.b_up_EF)
+        if self.w_gate_EDF is not None:
+            h_RF = F.silu(linear(x_R_, self.w_gate_EDF, self.b_gate_EF)) * h_RF
+        else:
+            h_RF = F.gelu(h_RF, approximate="tanh")
+        return linear(h_RF, self.w_down_EFD, self.b_down_ED)
+
+    # -- dispatch --------------------------------------------------------------------------------
+
+    def loop_experts(self, x_ND: torch.Tensor, route: Routing) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Reference dispatch: for each expert, select its assignments and run its MLP. Eager only
+        (the selections have data-dependent shapes). Returns (y_RD, token_R, weight_R), R = A."""
+        N, ys, tokens, weights = x_ND.shape[0], [], [], []
+        for e in range(self.cfg.n_experts):
+            (a_M,) = torch.nonzero(route.experts_A == e, as_tuple=True)  # this expert's assignments
+            ys.append(self.experts(x_ND[a_M % N], lambda x, w, b: _expert_linear(x, w, b, e)))
+            tokens.append(a_M % N)
+            weights.append(route.weights_A[a_M])
+        return torch.cat(ys), torch.cat(tokens), torch.cat(weights)
+
+    def plan(self, route: Routing, n_tokens: int, dtype: torch.dtype) -> Plan:
+        """Row layout of the grouped or capacity dispatch: index arithmetic only, no float work."""
+        if self.cfg.dispatch == "grouped":
+            if torch.compiler.is_compiling() and dtype != torch.bfloat16:
+                raise ConfigError(
+                    f"dispatch = 'grouped' compiles only in bf16 (torch._grouped_mm), got {dtype}: "
+                    "train in bf16 (autocast), or use dispatch = 'capacity' for fp32"
+                )
+            return plan_grouped(route, n_tokens, dtype)
+        return plan_capacity(route, n_tokens, self.capacity(n_tokens))
+
+
+def plan_grouped(route: Routing, n_tokens: int, dtype: torch.dtype) -> Plan:
+    """Dropless: rows = all A assignments sorted by expert; one grouped GEMM per projection, whose
+    offsets (cumulative rows per expert) change with the routing while every shape stays fixed."""
+    order_A, experts_sorted_A = sort_by_expert(route.experts_A)
+    offsets_E = torch.cumsum(route.counts_E, dim=0, dtype=torch.int32)
+
+    def linear(x_R_: torch.Tensor, w_E__: torch.Tensor, b_E_: torch.Tensor | None) -> torch.Tensor:
+        out = torch._grouped_mm(x_R_.to(dtype), w_E__.to(dtype), offs=offsets_E)
+        return out if b_E_ is None else out + b_E_.to(dtype)[experts_sorted_A]
+
+    return Plan(order_A % n_tokens, route.weights_A[order_A], linear)
+
+
+def plan_capacity(route: Routing, n_tokens: int, capacity: int) -> Plan:
+    """Switch/GShard: rows = E*C buffer slots, slot (e, c) holding the c-th assignment to expert e
+    in priority order. Assignments past C get no slot (dropped); empty slots get weight 0."""
+    E, C, A = route.counts_E.shape[0], capacity, route.experts_A.shape[0]
+    order_A, _ = sort_by_expert(route.experts_A)
+    starts_E = torch.cumsum(route.counts_E, dim=0) - route.counts_E
+    c_C = torch.arange(C, device=order_A.device)
+    a_EC = order_A[(starts_E[:, None] + c_C).clamp(max=A - 1)]  # arbitrary in empty slots
+    filled_EC = c_C < route.counts_E[:, None]
+    weight_R = (route.weights_A[a_EC] * filled_EC).reshape(E * C)
+
+    def linear(x_R_: torch.Tensor, w_E__: torch.Tensor, b_E_: torch.Tensor | None) -> torch.Tensor:
+        x_EC_ = x_R_.view(E, C, -1)
+        if b_E_ is None:
+            return torch.bmm(x_EC_, w_E__).view(E * C, -1)
+        return torch.baddbmm(b_E_[:, None, :], x_EC_, w_E__).view(E * C, -1)
+
+    return Plan((a_EC % n_tokens).reshape(E * C), weight_R, linear)
+
+
+def sort_by_expert(experts_A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(order_A, experts_sorted_A): a stable sort, so each expert sees its assignments in
+    priority order (slot-major, then token order)."""
+    experts_sorted_A, order_A = torch.sort(experts_A, stable=True)
+    return order_A, experts_sorted_A
+
+
+def combine(y_RD: torch.Tensor, token_R: torch.Tensor, weight_R: torch.Tensor, n_tokens: int) -> torch.Tensor:
+    """y_n = sum_k w_nk * expert_nk(x_n): each row adds its weighted output to its token's row,
+    one scatter-add straight from the dispatch layout (no unsort, no (N, K, D) intermediate)."""
+    y_weighted_RD = y_RD * weight_R[:, None].to(y_RD.dtype)
+    return y_RD.new_zeros(n_tokens, y_RD.shape[1]).index_add_(0, token_R, y_weighted_RD)
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype the expert GEMMs run in: the autocast dtype when autocast is on, else x's."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
+
+
+def _expert_linear(x_M_: torch.Tensor, w_E__: torch.Tensor, b_E_: torch.Tensor | None, e: int) -> torch.Tensor:
+    out = x_M_ @ w_E__[e]
+    return out if b_E_ is None else out + b_E_[e]
+
+
+def moe_params(d_model: int, cfg: MoEConfig, mlp: str, bias: bool) -> tuple[int, int]:
+    """(total, active per token) parameters of one MoE layer, by hand: router + experts + shared."""
+    router = d_model * cfg.n_experts
+    expert = mlp_params(d_model, cfg.d_ff_expert, mlp, bias)
+    n_shared = cfg.n_shared_experts
+    shared = mlp_params(d_model, n_shared * cfg.d_ff_expert, mlp, bias) if n_shared else 0
+    return router + cfg.n_experts * expert + shared, router + cfg.top_k * expert + shared

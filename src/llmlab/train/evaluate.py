@@ -1,0 +1,60 @@
+"""Evaluation on a split: `evaluate_split` (used during training) and `evaluate_run` (`llmlab eval`:
+the latest good checkpoint of a run directory, on val or test)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from llmlab.config import RunConfig, load_run_config
+from llmlab.errors import CheckpointError
+from llmlab.train import checkpoint
+from llmlab.train.distributed import DistInfo, resolve_device
+from llmlab.train.setup import autocast_dtype, build_model, compile_fn, prepare_data, split_figures
+from llmlab.train.step import EvalFn, eval_context, eval_loss, evaluate
+
+SPLITS = ("val", "test")
+
+
+def evaluate_split(eval_fn: EvalFn, model: nn.Module,
+                   cfg: RunConfig, data_dir: Path, meta: dict[str, Any], split: str,
+                   max_windows: int | None, device: torch.device) -> dict[str, float]:
+    """Loss, perplexity, bits per byte, word perplexity (when known) and tokens evaluated."""
+    from llmlab.data.loader import eval_batches
+
+    tc = cfg.train
+    batches = eval_batches(data_dir, split, tc.seq_len, tc.micro_batch_size, max_windows=max_windows,
+                           vocab_size=cfg.model.vocab_size)
+    with eval_context(model):
+        loss, tokens = evaluate(eval_fn, batches, device)
+    figures = split_figures(loss, meta["splits"].get(split, {}))
+    figures["tokens"] = tokens
+    return figures
+
+
+def evaluate_run(run_dir: str | Path, split: str = "val", device: str = "auto",
+                 max_windows: int | None = None) -> dict[str, Any]:
+    """Evaluate the newest checkpoint that verifies. val uses train.eval_windows fixed windows
+    unless max_windows is given; test is the whole split."""
+    run_dir = Path(run_dir)
+    if split not in SPLITS:
+        raise CheckpointError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if not (run_dir / "config.toml").is_file():
+        raise CheckpointError(f"{run_dir} is not a run directory (no config.toml)")
+    cfg = load_run_config(run_dir / "config.toml")
+    found = checkpoint.load_latest(run_dir)
+    if found is None:
+        raise CheckpointError(f"{run_dir} has no usable checkpoint")
+    entry, state = found
+    info = DistInfo(rank=0, world_size=1, local_rank=0, device=resolve_device(device))
+    data_dir, meta = prepare_data(cfg.data, info)
+    model = build_model(cfg.model, cfg.train.seed, info.device)
+    model.load_state_dict(state["model"])
+    amp = autocast_dtype(cfg.train, info.device)
+    windows = max_windows if max_windows is not None else (cfg.train.eval_windows if split == "val" else None)
+    fn = compile_fn(lambda x, y: eval_loss(model, x, y, amp), cfg.train)
+    figures = evaluate_split(fn, model, cfg, data_dir, meta, split, windows, info.device)
+    return {"run_dir": str(run_dir), "split": split, "step": entry.step, **figures}

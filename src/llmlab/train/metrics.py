@@ -1,0 +1,221 @@
+"""Run metrics: `metrics.jsonl` rows, optional TensorBoard, a progress display, MFU.
+
+Rows (one JSON object a line, DESIGN.md section 2): training rows carry `step` and `loss`;
+evaluation rows `step` and `val_loss`; events (`start`, `resume`, `stop`, `diverged`) carry `event`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+
+# Dense bf16 tensor-core peak FLOP/s by GPU name (vendor data sheets, without sparsity). MFU is
+# model FLOPs per second over this peak (PaLM, Chowdhery et al. 2022, appendix B). Longest match wins.
+PEAK_BF16_FLOPS = {
+    "A100": 312e12,
+    "A800": 312e12,
+    "A10G": 70e12,
+    "A10": 125e12,
+    "A6000": 155e12,
+    "L4": 121e12,
+    "L40S": 362e12,
+    "L40": 181e12,
+    "H100 PCIe": 756e12,
+    "H100": 989e12,
+    "H800": 989e12,
+    "H200": 989e12,
+    "GH200": 989e12,
+    "B200": 2250e12,
+    "RTX 4090": 165e12,
+    "RTX 3090": 71e12,
+}
+
+
+def peak_flops(device: torch.device) -> float | None:
+    """Peak dense bf16 FLOP/s of a CUDA device, None when unknown (or on CPU)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    matches = [key for key in PEAK_BF16_FLOPS if key in name]
+    return PEAK_BF16_FLOPS[max(matches, key=len)] if matches else None
+
+
+def mfu(flops_per_token: float, tokens_per_s: float, peak: float | None, world_size: int = 1) -> float | None:
+    """Model FLOPs utilisation: active-parameter FLOPs actually done / what the chips could do."""
+    if not peak or tokens_per_s <= 0:
+        return None
+    return flops_per_token * tokens_per_s / (peak * world_size)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak allocated memory (CUDA) or the process's peak resident set (CPU), in MiB."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def routing_stats(stats: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """MoE statistics (tensors stacked over MoE layers) as JSON lists, `moe_` prefixed."""
+    return {f"moe_{name}": _rounded(t.detach().float().cpu().tolist()) for name, t in stats.items()}
+
+
+def _rounded(x: Any) -> Any:
+    if isinstance(x, list):
+        return [_rounded(v) for v in x]
+    return round(x, 6) if isinstance(x, float) and math.isfinite(x) else x
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+class MetricsWriter:
+    """Appends rows to run_dir/metrics.jsonl (flushed each row) and, when installed, TensorBoard."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool = True) -> None:
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self._file = open(self.path, "a", encoding="utf-8")
+        self._tb = _tensorboard(run_dir) if tensorboard else None
+
+    def write(self, row: dict[str, Any]) -> None:
+        self._file.write(json.dumps(row) + "\n")
+        self._file.flush()
+        if self._tb is not None and "step" in row:
+            for key, value in row.items():
+                if isinstance(value, (int, float)) and key != "step":
+                    self._tb.add_scalar(key, value, row["step"])
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _tensorboard(run_dir: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional
+        return None
+    return SummaryWriter(log_dir=str(Path(run_dir) / "tb"))
+
+
+def truncate_after(path: Path, step: int) -> None:
+    """Drop rows logged after `step` (a resumed run replays them), so the file reads as one run."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # a line cut by a kill mid-write
+        if row.get("step", 0) <= step:
+            keep.append(line)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+    tmp.replace(path)
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+class Progress:
+    """A tqdm bar on a terminal; otherwise one plain line per log step (logs, CI, nohup)."""
+
+    def __init__(self, total_steps: int, start_step: int, tokens_per_step: int, enabled: bool = True,
+                 stream: TextIO = sys.stderr) -> None:
+        self.total, self.tokens_per_step, self.stream = total_steps, tokens_per_step, stream
+        self.enabled = enabled
+        self._bar = None
+        if enabled and stream.isatty():
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total_steps, initial=start_step, unit="step", file=stream, dynamic_ncols=True)
+        self._t0, self._step0 = time.perf_counter(), start_step
+
+    def update(self, step: int, loss: float, tokens_per_s: float | None, log_line: bool) -> None:
+        if self._bar is not None:
+            self._bar.update(step - self._bar.n)
+            self._bar.set_postfix_str(self._summary(step, loss, tokens_per_s), refresh=False)
+        elif self.enabled and log_line:
+            print(f"step {step}/{self.total} | {self._summary(step, loss, tokens_per_s)}", file=self.stream, flush=True)
+
+    def _summary(self, step: int, loss: float, tokens_per_s: float | None) -> str:
+        tok_s = f"{tokens_per_s:,.0f} tok/s" if tokens_per_s else "- tok/s"
+        return f"loss {loss:.4f} | {step * self.tokens_per_step:,} tokens | {tok_s} | ETA {self._eta(step)}"
+
+    def _eta(self, step: int) -> str:
+        done = step - self._step0
+        if done <= 0:
+            return "?"
+        left = (time.perf_counter() - self._t0) / done * (self.total - step)
+        return time.strftime("%H:%M:%S", time.gmtime(left))
+
+    def message(self, text: str) -> None:
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.write(text, file=self.stream)
+        else:
+            print(text, file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+class Throughput:
+    """Training tokens/s. The first step of each process (torch.compile, CUDA warm-up) is timed
+    apart as `first_step_s` and excluded from every rate."""
+
+    def __init__(self, tokens_per_step: int) -> None:
+        self.tokens_per_step = tokens_per_step
+        self.first_step_s: float | None = None
+        self.total_s = 0.0
+        self.total_steps = 0
+        self._interval_s = 0.0
+        self._interval_steps = 0
+        self._last = time.perf_counter()
+
+    def restart_clock(self) -> None:
+        """Call after work that is not training (evaluation, checkpointing)."""
+        self._last = time.perf_counter()
+
+    def step_done(self) -> None:
+        """Call once the step's results are on the host (after a device sync)."""
+        now = time.perf_counter()
+        elapsed, self._last = now - self._last, now
+        if self.first_step_s is None:
+            self.first_step_s = elapsed
+            return
+        self._interval_s += elapsed
+        self._interval_steps += 1
+        self.total_s += elapsed
+        self.total_steps += 1
+
+    def interval_rate(self) -> float | None:
+        """tokens/s since the previous call (None while only the warm-up step has run)."""
+        if self._interval_steps == 0:
+            return None
+        rate = self._interval_steps * self.tokens_per_step / self._interval_s
+        self._interval_s, self._interval_steps = 0.0, 0
+        return rate
+
+    def overall_rate(self) -> float | None:
+        return self.total_steps * self.tokens_per_step / self.total_s if self.total_steps else None

@@ -1,0 +1,115 @@
+"""Every run is a record (STYLE.md item 10): resolved config, environment, result; and the rule
+for what may change when a run is resumed."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llmlab.config import dump_toml
+from llmlab.errors import CheckpointError
+from llmlab.train.checkpoint import write_bytes_atomic
+
+# Settings a resumed run must share with its checkpoint, besides the whole [model] table and the
+# data identity: they fix which windows the saved loader position points to.
+DATA_ORDER_KEYS = ("train.seq_len", "train.micro_batch_size", "train.seed", "world_size")
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_bytes_atomic(Path(path), (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def write_config(run_dir: Path, config: dict[str, Any]) -> None:
+    write_bytes_atomic(Path(run_dir) / "config.toml", dump_toml(config).encode())
+
+
+def git_info() -> dict[str, Any]:
+    """Commit of the llmlab source tree (None outside a git checkout) and whether it had edits."""
+    src = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=src, capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=src,
+                                capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": commit, "dirty": bool(status.strip())}
+
+
+def environment(device: torch.device, dtype: torch.dtype, world_size: int) -> dict[str, Any]:
+    from llmlab import __version__
+
+    env = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "host": socket.gethostname(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "llmlab": __version__,
+        "git": git_info(),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+        "cuda": torch.version.cuda,
+        "dtype": str(dtype).removeprefix("torch."),
+        "world_size": world_size,
+        "threads": torch.get_num_threads(),
+        "pid": os.getpid(),
+    }
+    return env
+
+
+# ---------------------------------------------------------------------------------------------
+# Resume rule
+
+
+def identity(config: dict[str, Any], data_meta: dict[str, Any], world_size: int) -> dict[str, Any]:
+    """What a checkpoint records about the run it belongs to, flattened to dotted keys."""
+    flat = {f"model.{k}": v for k, v in _flatten(config.get("model", {})).items()}
+    train = config.get("train", {})
+    for key in DATA_ORDER_KEYS:
+        section, _, name = key.partition(".")
+        flat[key] = world_size if key == "world_size" else train.get(name)
+    tokenizer = data_meta.get("tokenizer", {})
+    flat["tokenizer.name"] = tokenizer.get("name")
+    flat["tokenizer.hash"] = tokenizer.get("hash")
+    flat["data.fingerprint"] = data_meta.get("fingerprint")
+    return flat
+
+
+def check_resumable(saved: dict[str, Any], current: dict[str, Any], run_dir: Path) -> None:
+    """Raise CheckpointError naming every field that differs (old and new value)."""
+    keys = sorted(set(saved) | set(current))
+    diffs = [f"{k}: checkpoint {saved.get(k)!r}, now {current.get(k)!r}" for k in keys if saved.get(k) != current.get(k)]
+    if diffs:
+        raise CheckpointError(
+            f"cannot resume {run_dir}: " + "; ".join(diffs)
+            + " -- the architecture, tokenizer, data and data order must match the checkpoint"
+            " (start a new run with --run-dir, or restore the old settings)"
+        )
+
+
+def training_changes(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, list[Any]]:
+    """Allowed differences (train.* recipe, data paths), as {key: [old, new]}, for the log."""
+    old, new = _flatten(saved), _flatten(current)
+    return {k: [old.get(k), new.get(k)] for k in sorted(set(old) | set(new))
+            if old.get(k) != new.get(k) and not k.startswith("model.")}
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out

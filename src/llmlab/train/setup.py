@@ -1,0 +1,112 @@
+"""Building blocks shared by `llmlab train` and `llmlab eval`: data, dtype, model, compilation,
+RNG state, and the per-split figures (loss, perplexity, bits per byte, word perplexity)."""
+
+from __future__ import annotations
+
+import math
+import random
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from llmlab.config import DataConfig, ModelConfig, TrainConfig
+from llmlab.train.distributed import DistInfo, barrier
+
+
+def prepare_data(data_cfg: DataConfig, info: DistInfo) -> tuple[Path, dict[str, Any]]:
+    """Prepare the token files once (rank 0 first, the others wait) and read their meta. (The
+    loader checks that the model's vocab_size equals the tokenizer's, naming both.)"""
+    from llmlab.data.loader import read_meta
+    from llmlab.data.prepare import ensure_prepared
+
+    if info.is_main:
+        ensure_prepared(data_cfg, progress=True)
+    barrier()
+    data_dir = Path(data_cfg.resolved_dir)
+    return data_dir, read_meta(data_dir)
+
+
+def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """None = plain fp32. auto: bf16 autocast on CUDA; fp32 on CPU, where bf16 matmuls are
+    hundreds of times slower than fp32 on most chips (DESIGN.md section 5)."""
+    if cfg.dtype == "fp32" or (cfg.dtype == "auto" and device.type != "cuda"):
+        return None
+    if device.type == "cpu":
+        warnings.warn("train.dtype = bf16 on CPU is usually far slower than fp32", stacklevel=2)
+    return torch.bfloat16
+
+
+def build_model(model_cfg: ModelConfig, seed: int, device: torch.device) -> nn.Module:
+    """The GPT in fp32 master weights (autocast does the low-precision matmuls), seeded: the
+    initial weights depend on the seed alone, on every rank."""
+    from llmlab.model import GPT
+
+    torch.manual_seed(seed)
+    model = GPT(model_cfg)
+    return model.to(device)
+
+
+def compile_fn(fn: Callable, cfg: TrainConfig, fullgraph: bool = True) -> Callable:
+    """torch.compile with the run's backend; the identity when compile is off. fullgraph=True turns
+    a graph break into an error instead of a silent slowdown (DESIGN.md section 6)."""
+    if not cfg.compile:
+        return fn
+    return torch.compile(fn, backend=cfg.compile_backend, fullgraph=fullgraph, dynamic=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# RNG state (every generator the run may touch)
+
+
+def rng_state(device: torch.device) -> dict[str, Any]:
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        # as plain lists: checkpoints load with weights_only=True, which refuses numpy arrays
+        "numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
+    }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_tuples(state["python"]))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _tuples(x: Any) -> Any:
+    """random.setstate wants the tuples that a round trip through pickling may turn into lists."""
+    return tuple(_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def split_figures(loss: float, split_meta: dict[str, Any]) -> dict[str, float]:
+    """Loss (nats/token), perplexity, and the tokenizer-independent figures.
+
+    bits per byte = loss x tokens / (bytes x ln 2); word-level perplexity = exp(loss x tokens / words)
+    (the WikiText convention: total NLL over the number of words). Token, byte and word counts are
+    those of the whole split, so these are exact on a full pass (test) and an estimate from the
+    fixed windows on validation."""
+    out = {"loss": loss, "ppl": _exp(loss)}
+    tokens, n_bytes, words = (split_meta.get(k) for k in ("tokens", "bytes", "words"))
+    if tokens and n_bytes:
+        out["bits_per_byte"] = loss * tokens / (n_bytes * math.log(2))
+    if tokens and words:
+        out["word_ppl"] = _exp(loss * tokens / words)
+    return out
+
+
+def _exp(x: float) -> float:
+    return math.exp(x) if x < 700 else math.inf

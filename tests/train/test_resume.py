@@ -1,0 +1,126 @@
+"""Kill and resume: `llmlab train` in a subprocess, killed (SIGKILL at a random step, SIGKILL right
+after a checkpoint, SIGTERM), then run again, gives the loss sequence and the final weights of the
+uninterrupted run, bit for bit (CPU, fp32, eager)."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import subprocess_env, train_rows
+
+from llmlab.train import EXIT_STOPPED, checkpoint
+
+STEPS = 100
+TRAIN = {"max_steps": STEPS, "ckpt_interval": 10, "keep_checkpoints": 2, "log_interval": 1}
+
+
+def start(config: Path, run_dir: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "llmlab", "train", str(config), "--run-dir", str(run_dir)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=subprocess_env())
+
+
+def finish(config: Path, run_dir: Path) -> str:
+    proc = start(config, run_dir)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    return out
+
+
+def wait_until(proc: subprocess.Popen, ready, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert proc.poll() is None, f"the run ended before the kill point: {proc.communicate()[0]}"
+        assert time.monotonic() < deadline, "timed out waiting for the kill point"
+        time.sleep(0.005)
+
+
+def last_step(run_dir: Path) -> int:
+    try:
+        rows = train_rows(run_dir)
+    except FileNotFoundError:
+        return 0
+    return rows[-1]["step"] if rows else 0
+
+
+def checkpoint_steps(run_dir: Path) -> list[int]:
+    try:
+        return [e.step for e in checkpoint.read_manifest(checkpoint.ckpt_dir(run_dir))]
+    except Exception:  # the manifest being replaced right now: look again
+        return []
+
+
+def final_state(run_dir: Path) -> dict:
+    return checkpoint.load_latest(run_dir)[1]
+
+
+def assert_same_run(run_dir: Path, reference: Path) -> None:
+    got, want = train_rows(run_dir), train_rows(reference)
+    assert [r["step"] for r in got] == list(range(1, STEPS + 1))
+    assert [r["loss"] for r in got] == [r["loss"] for r in want]
+    assert [r["grad_norm"] for r in got] == [r["grad_norm"] for r in want]
+    a, b = final_state(run_dir), final_state(reference)
+    assert a["step"] == b["step"] == STEPS
+    for name, tensor in b["model"].items():
+        assert torch.equal(a["model"][name], tensor), name
+    for index, slot in b["optimizer"]["state"].items():
+        assert torch.equal(a["optimizer"]["state"][index]["exp_avg_sq"], slot["exp_avg_sq"])
+    result_a = json.loads((run_dir / "result.json").read_text())
+    result_b = json.loads((reference / "result.json").read_text())
+    assert result_a["val_loss"] == result_b["val_loss"] and result_a["test_loss"] == result_b["test_loss"]
+
+
+@pytest.fixture
+def reference(make_config, tmp_path) -> tuple[Path, Path]:
+    config = make_config(train=TRAIN)
+    finish(config, tmp_path / "reference")
+    return config, tmp_path / "reference"
+
+
+def test_sigkill_at_random_step_and_after_a_checkpoint_then_resume(reference, tmp_path):
+    config, ref_dir = reference
+    run_dir = tmp_path / "killed"
+    seed = random.randrange(10**6)
+    rng = random.Random(seed)
+    kill_at = rng.randint(3, 45)
+    proc = start(config, run_dir)
+    wait_until(proc, lambda: last_step(run_dir) >= kill_at)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    # a checkpoint step after the first kill: resume, then kill as soon as the manifest names it
+    resumed_from = max(checkpoint_steps(run_dir), default=0)
+    ckpt_at = rng.choice([s for s in range(10, 90, 10) if s > resumed_from + 10])
+    proc = start(config, run_dir)
+    wait_until(proc, lambda: ckpt_at in checkpoint_steps(run_dir))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    out = finish(config, run_dir)
+    assert "resuming" in out, out
+    try:
+        assert_same_run(run_dir, ref_dir)
+    except AssertionError as e:
+        raise AssertionError(f"(random seed {seed}: killed at step >= {kill_at}, then after checkpoint {ckpt_at}) {e}") from e
+
+
+def test_sigterm_finishes_the_step_checkpoints_and_exits_75(reference, tmp_path):
+    config, ref_dir = reference
+    run_dir = tmp_path / "terminated"
+    proc = start(config, run_dir)
+    wait_until(proc, lambda: last_step(run_dir) >= 15)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == EXIT_STOPPED, out
+    stop = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()][-1]
+    assert stop["event"] == "stop" and stop["signal"] == signal.SIGTERM
+    assert checkpoint_steps(run_dir)[-1] == stop["step"] == last_step(run_dir)
+    assert "run again to resume" in out
+    finish(config, run_dir)
+    assert_same_run(run_dir, ref_dir)
