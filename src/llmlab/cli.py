@@ -237,6 +237,23 @@ def _cmd_tokenizer_train(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# compile-check (its own arguments: see llmlab.bench.compile_check)
+
+
+def _add_compile_check(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compile-check", help="prove a model compiles fullgraph with no recompiles (exit 1 if not)",
+                       add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="CONFIG [options] (--help for them)")
+    p.set_defaults(func=_cmd_compile_check)
+
+
+def _cmd_compile_check(args: argparse.Namespace) -> int:
+    from llmlab.bench.compile_check import main as compile_check_main
+
+    return compile_check_main(args.rest)
+
+
+# ---------------------------------------------------------------------------------------------
 # plan / campaign / report / demo
 
 
@@ -347,7 +364,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_prepare, _add_tokenizer, _add_params, _add_generate, _add_train, _add_eval,
-    _add_plan, _add_campaign, _add_report, _add_demo, _add_bench,
+    _add_compile_check, _add_plan, _add_campaign, _add_report, _add_demo, _add_bench,
 ]
 
 
