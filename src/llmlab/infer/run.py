@@ -27,17 +27,30 @@ def parse_prompt_ids(text: str, vocab_size: int) -> list[int]:
     return ids
 
 
-def load_source(source: str, overrides: list[str], device: str, seed: int) -> tuple[GPT, Any]:
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    """auto: bf16 on CUDA (half the bytes read per token), fp32 on CPU (bf16 matmul is slow there)."""
+    if dtype == "auto":
+        return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise ConfigError(f"--dtype must be auto, fp32 or bf16; got {dtype!r}")
+    return DTYPES[dtype]
+
+
+def load_source(source: str, overrides: list[str], device: str, seed: int, dtype: str = "fp32"
+                ) -> tuple[GPT, Any]:
     """(model in eval mode, tokenizer or None). A directory = a training run; a file = a config."""
     path = Path(source)
     if path.is_dir():
         from llmlab.train.inference import load_for_inference  # a run knows its tokenizer
 
         model, tokenizer = load_for_inference(path, device=device)
-        return model.eval(), tokenizer
-    torch.manual_seed(seed)
-    model = GPT(load_model_config(path, overrides)).to(device)
-    return model.eval(), None
+    else:
+        torch.manual_seed(seed)
+        model, tokenizer = GPT(load_model_config(path, overrides)).to(device), None
+    return model.to(resolve_dtype(dtype, device)).eval(), tokenizer
 
 
 def timed_generate(model: GPT, prompt: torch.Tensor, max_new_tokens: int, *, use_kv_cache: bool,
@@ -58,9 +71,9 @@ def timed_generate(model: GPT, prompt: torch.Tensor, max_new_tokens: int, *, use
 
 def generate_from_source(source: str, *, prompt: str | None, prompt_ids: str | None, max_new_tokens: int,
                          use_kv_cache: bool, temperature: float, top_k: int | None, seed: int,
-                         batch_size: int = 1, device: str = "cpu", compile: bool = False,
+                         batch_size: int = 1, device: str = "cpu", dtype: str = "auto", compile: bool = False,
                          overrides: list[str] = ()) -> dict[str, Any]:
-    model, tokenizer = load_source(source, list(overrides), device, seed)
+    model, tokenizer = load_source(source, list(overrides), device, seed, dtype)
     vocab = model.config.vocab_size
     if prompt is not None:
         if tokenizer is None:
