@@ -12,7 +12,7 @@ from data_helpers import SHARED_WIKITEXT, small_wikitext
 
 from llmlab.data.encode import count_words
 from llmlab.data.sources import SPLITS, TextFolder, get_source, split_of
-from llmlab.data.wikitext import is_title, split_articles
+from llmlab.data.wikitext import is_title, read_blocks, split_articles
 from llmlab.errors import DataError
 
 
@@ -22,6 +22,7 @@ def test_titles_are_top_level_headings_only():
     assert not is_title(" = = Gameplay = = \n")
     assert not is_title(" = = = Sub = = = \n")
     assert not is_title(" The = sign = \n")
+    assert not is_title(" = \n")
 
 
 def test_wikitext_files_split_into_articles(tmp_path):
@@ -36,6 +37,8 @@ def test_wikitext_files_split_into_articles(tmp_path):
         titles = [next(line for line in d.splitlines() if is_title(line + "\n"))[3:-3] for d in docs]
         assert titles == first_titles
         assert docs[0].startswith(" \n = ")  # the file's leading blank line joins the first article
+        for block_chars in (1, 7, 50):  # blocks of whole lines, cut anywhere: the same articles
+            assert list(split_articles(read_blocks(folder / fname, block_chars))) == docs
     assert "History" in list(source.documents("train"))[0]  # sections stay inside their article
 
 
@@ -53,9 +56,10 @@ def test_wikitext_prefers_the_dataset_subfolder(tmp_path):
     ("wiki.test.tokens", 62, 4_358, 241_211),
 ])
 def test_real_wikitext_articles_and_word_counts(fname, articles, lines, words):
-    with open(SHARED_WIKITEXT / fname, encoding="utf-8", newline="") as f:
-        docs = list(split_articles(f))
+    docs = list(split_articles(read_blocks(SHARED_WIKITEXT / fname)))
     assert len(docs) == articles
+    with open(SHARED_WIKITEXT / fname, encoding="utf-8", newline="") as f:
+        assert list(split_articles(f)) == docs  # line by line gives the same
     counted = [count_words(d.encode("utf-8")) for d in docs]
     assert sum(c[1] for c in counted) == lines
     assert sum(c[0] for c in counted) == words + lines  # Merity et al.: line ends count as words
@@ -81,6 +85,7 @@ class _Split:
         self.rows, self._fingerprint = rows, f"fp{len(rows)}"
 
     def iter(self, batch_size):
+        batch_size = 3  # tiny batches: articles must not be cut at batch boundaries
         for i in range(0, len(self.rows), batch_size):
             yield {"text": self.rows[i : i + batch_size]}
 

@@ -28,6 +28,7 @@ TEXTS = [
 def test_gpt2_hello_world(gpt2):
     assert gpt2.encode("Hello world") == [15496, 995]
     assert (gpt2.vocab_size, gpt2.eot_id, gpt2.name) == (50257, 50256, "gpt2")
+    assert gpt2._enc.n_vocab == gpt2.vocab_size
 
 
 @pytest.mark.parametrize("text", TEXTS)
@@ -147,3 +148,25 @@ def test_cli_fetch_uses_the_cache(gpt2, capsys):
         pytest.skip("no ranks file in llmlab's cache")
     assert cli.main(["tokenizer", "fetch", "gpt2", "--json"]) == 0
     assert '"source": "cache"' in capsys.readouterr().out
+
+
+def test_fetch_through_tiktoken_writes_the_canonical_file(gpt2, offline_fetch, monkeypatch):
+    from tiktoken.load import load_tiktoken_bpe
+
+    real = Path(gpt2.spec[1] or T.cache_dir() / T.GPT2_RANKS_FILE)
+    if not real.is_file():
+        pytest.skip("no ranks file to compare with")
+    monkeypatch.setattr(T, "_ranks_from_tiktoken", lambda allow_network: load_tiktoken_bpe(str(real)))
+    out = T.fetch_gpt2(progress=False)
+    assert out["source"] == "tiktoken" and Path(out["path"]).read_bytes() == real.read_bytes()
+
+
+def test_tiktoken_cache_lookup_needs_no_network(tmp_path, monkeypatch):
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
+    assert not T._tiktoken_cache_has_gpt2()
+    base = "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/"
+    for name in ("vocab.bpe", "encoder.json"):
+        (tmp_path / hashlib.sha1((base + name).encode()).hexdigest()).write_bytes(b"x")
+    assert T._tiktoken_cache_has_gpt2()
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", "")  # tiktoken's "no cache"
+    assert not T._tiktoken_cache_has_gpt2()

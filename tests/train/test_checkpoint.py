@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import warnings
 
 import pytest
 import torch
@@ -44,10 +43,12 @@ def test_crash_during_write_leaves_previous_checkpoint(tmp_path, monkeypatch):
     assert (directory / "step-00000020.pt.tmp").exists()
     entry, loaded = checkpoint.load_latest(tmp_path)
     assert entry.step == 10 and loaded["step"] == 10
-    assert checkpoint.clean_stale(tmp_path) == ["step-00000020.pt.tmp"]
+    (tmp_path / "result.json.tmp").write_text("{")  # any other half-written record
+    assert checkpoint.clean_stale(tmp_path) == ["result.json.tmp", "step-00000020.pt.tmp"]
     # also an orphan: renamed but never committed to the manifest
     (directory / "step-00000030.pt").write_bytes(b"orphan")
     assert checkpoint.clean_stale(tmp_path) == ["step-00000030.pt"]
+    assert checkpoint.load_latest(tmp_path)[0].step == 10
 
 
 def test_corrupted_checkpoint_is_detected_and_previous_used(tmp_path):

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import subprocess_env, train_rows
+from trainkit import subprocess_env, train_rows, write_config
 
 from llmlab.train import EXIT_STOPPED, checkpoint
 
@@ -78,11 +78,13 @@ def assert_same_run(run_dir: Path, reference: Path) -> None:
     assert result_a["val_loss"] == result_b["val_loss"] and result_a["test_loss"] == result_b["test_loss"]
 
 
-@pytest.fixture
-def reference(make_config, tmp_path) -> tuple[Path, Path]:
-    config = make_config(train=TRAIN)
-    finish(config, tmp_path / "reference")
-    return config, tmp_path / "reference"
+@pytest.fixture(scope="module")
+def reference(byte_data, tmp_path_factory) -> tuple[Path, Path]:
+    """The uninterrupted run, shared by the tests of this file."""
+    root = tmp_path_factory.mktemp("resume")
+    config = write_config(root / "run.toml", byte_data, train=TRAIN)
+    finish(config, root / "reference")
+    return config, root / "reference"
 
 
 def test_sigkill_at_random_step_and_after_a_checkpoint_then_resume(reference, tmp_path):

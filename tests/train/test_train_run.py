@@ -122,6 +122,11 @@ def test_resume_allows_and_logs_training_only_changes(make_config, tmp_path):
     assert resume["step"] == 4
     assert resume["changes"] == {"train.eval_interval": [0, 3], "train.max_steps": [4, 6]}
     assert "eval_interval = 3" in (tmp_path / "run" / "config.toml").read_text()
+    # once complete, running it again changes nothing
+    metrics = (tmp_path / "run" / "metrics.jsonl").read_text()
+    again = train(more, tmp_path / "run")
+    assert again.result == json.loads((tmp_path / "run" / "result.json").read_text())
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == metrics
 
 
 def test_second_process_on_a_busy_run_dir_exits_at_once(make_config, tmp_path):

@@ -6,8 +6,9 @@ copy with --source-dir), in interleaved rounds so that a noisy machine hurts eve
     `encode_to_numpy` (its fastest single-threaded path);
   - prepare's tokenizer (`ParallelEncoder`) with 1 and with N worker processes, warm;
   - the whole `prepare` (read, split into articles, hash the source, tokenize, write, hash the
-    files, meta.json) with N workers, cold: its worker start-up is included.
-Medians over --repeat rounds. Prints a table, then one JSON line.
+    files, meta.json) with N workers; each call starts its own workers, and that is included.
+Medians over --repeat rounds; each case's first (warm-up) call is reported apart. Prints a table,
+then one JSON line.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from llmlab.data.wikitext import RAW_FILES
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="llmlab bench data", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--mb", type=float, default=32.0, help="corpus size in MB of text (pydocs repeated; default 32)")
+    p.add_argument("--mb", type=float, default=64.0, help="corpus size in MB of text (pydocs repeated; default 64)")
     p.add_argument("--source-dir", default=None, help="a local WikiText-103 copy to use instead (all of it)")
     p.add_argument("--workers", type=int, default=None, help="worker processes (default: all usable CPUs)")
     p.add_argument("--repeat", type=int, default=3, help="rounds; medians are reported (default 3)")

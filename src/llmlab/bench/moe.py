@@ -21,12 +21,14 @@ capacity dispatch drops little and the grouped GEMMs are balanced (the best case
 from __future__ import annotations
 
 import argparse
+import os
+import time
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from llmlab.bench.common import emit_json, environment, median, print_table, time_round_robin
+from llmlab.bench.common import emit_json, environment, median, print_table, sync
 from llmlab.config import DISPATCHES, MoEConfig
 from llmlab.model.mlp import MLP
 from llmlab.model.moe import MoE, combine, compute_dtype
@@ -47,13 +49,22 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--dtype", choices=tuple(DTYPES), default="fp32", help="bf16 is very slow on most CPUs")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="wall: elapsed time; cpu: this process's CPU time, robust to other jobs on a "
+                        "shared machine (use it with --threads 1; CPU devices only)")
     p.add_argument("--repeats", type=int, default=10, help="timed steps per case (the median is reported)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per case first")
     p.add_argument("--breakdown-tokens", type=int, default=2048, help="token count of the phase breakdown (0 = none)")
     p.add_argument("--no-peers", action="store_true", help="skip the Hugging Face Mixtral rows")
     p.add_argument("--compile", action="store_true",
                    help="add torch.compile(fullgraph=True) rows (grouped: bf16 only); compile time is reported apart")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    unknown = [d for d in args.dispatch.split(",") if d.strip() not in DISPATCHES]
+    if unknown:
+        p.error(f"unknown dispatch {unknown[0]!r} (choose from {', '.join(DISPATCHES)})")
+    if args.clock == "cpu" and torch.device(args.device).type != "cpu":
+        p.error("--clock cpu measures CPU time: use it with --device cpu")
+    return args
 
 
 # -- the cases -----------------------------------------------------------------------------------
@@ -67,11 +78,11 @@ def step(module: nn.Module, x: torch.Tensor, g: torch.Tensor) -> Callable[[], No
             p.grad = None
         x.grad = None
         out = module(x)
-        if isinstance(out, tuple):  # our MoE: (y, stats)
+        if isinstance(out, tuple) and isinstance(out[1], dict):  # our MoE: (y, stats)
             y, stats = out
             torch.autograd.backward([y, stats["aux_loss"]], [g, torch.ones_like(stats["aux_loss"])])
-        else:
-            out.backward(g)
+        else:  # a dense MLP, or a peer (older transformers return (y, router_logits))
+            (out[0] if isinstance(out, tuple) else out).backward(g)
 
     return run
 
@@ -120,20 +131,56 @@ def compiled_layers(layers: dict[str, nn.Module], dtype: torch.dtype) -> dict[st
     return out
 
 
+def time_cases(cases: dict[str, Callable[[], Any]], args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """ms per case in args.repeats interleaved rounds (a, b, c, a, b, c, ...), so that noise from a
+    shared machine falls on all alike, and their median; before that, each case's first call (which
+    includes any compilation) is timed apart and args.warmup - 1 more calls are untimed."""
+    device = torch.device(args.device)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+
+    def timed(fn: Callable[[], Any]) -> float:
+        sync(device)
+        t0 = clock()
+        fn()
+        sync(device)
+        return clock() - t0
+
+    first = {name: timed(fn) for name, fn in cases.items()}
+    for fn in cases.values():
+        for _ in range(args.warmup - 1):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(args.repeats):
+        for name, fn in cases.items():
+            times[name].append(timed(fn))
+    return {name: {"ms": 1e3 * median(t), "rounds_ms": [1e3 * x for x in t], "first_call_ms": 1e3 * first[name]}
+            for name, t in times.items()}
+
+
 def time_layers(layers: dict[str, nn.Module], n_tokens: int, args: argparse.Namespace
                 ) -> dict[str, dict[str, float]]:
-    """Median and warm-up milliseconds of one forward + backward per layer, interleaved."""
+    """One forward + backward per layer, on the same input and output gradient, with the median
+    over rounds of the time / dense time ratio within each round (pairs close in time, so a load
+    change on the machine between rounds cancels out)."""
     dtype, device = DTYPES[args.dtype], torch.device(args.device)
     x = torch.randn(1, n_tokens, args.d_model, device=device, dtype=dtype, requires_grad=True)
     g = torch.randn(1, n_tokens, args.d_model, device=device, dtype=dtype)
-    cases = {name: step(layer, x, g) for name, layer in layers.items()}
-    first_s = {}
-    for name, fn in cases.items():  # warm-up: the first call (with any compilation) timed apart
-        first_s[name] = time_round_robin({name: fn}, device, repeats=0)[1][name]
-        for _ in range(args.warmup - 1):
-            fn()
-    times, _ = time_round_robin(cases, device, repeats=args.repeats)
-    return {name: {"ms": 1e3 * median(t), "first_call_ms": 1e3 * first_s[name]} for name, t in times.items()}
+    timed = time_cases({name: step(layer, x, g) for name, layer in layers.items()}, args)
+    dense = timed["dense"]["rounds_ms"]
+    for t in timed.values():
+        t["ratio_to_dense"] = median([a / b for a, b in zip(t.pop("rounds_ms"), dense)])
+    return timed
+
+
+def dropped_frac(layer: nn.Module, n_tokens: int) -> float | None:
+    """The fraction of assignments a MoE of ours drops on this benchmark's input (None otherwise)."""
+    moe = getattr(layer, "_orig_mod", layer)  # a compiled module wraps the original
+    if not isinstance(moe, MoE):
+        return None
+    p = next(moe.parameters())
+    with torch.no_grad():
+        x = torch.randn(1, n_tokens, moe.router.in_features, device=p.device, dtype=p.dtype)
+        return moe(x)[1]["dropped_frac"].item()
 
 
 # -- phase breakdown -----------------------------------------------------------------------------
@@ -146,49 +193,64 @@ def phase_cases(moe: MoE, n_tokens: int, device: torch.device, dtype: torch.dtyp
     x_ND = torch.randn(n_tokens, D, device=device, dtype=dtype, requires_grad=True)
     with torch.no_grad():
         route = moe.route(x_ND)
-    g_A = torch.randn_like(route.weights_A)
-    g_ND = torch.randn_like(x_ND)
-
-    def router() -> None:
-        r = moe.route(x_ND)
-        aux = moe.stats(r)["aux_loss"]
-        torch.autograd.backward([aux, r.weights_A], [torch.ones_like(aux), g_A])
-
     if moe.cfg.dispatch == "loop":
         with torch.no_grad():
             y_RD, token_R, weight_R = moe.loop_experts(x_ND, route)
-        g_RD = torch.randn_like(y_RD)
-        middle = {"gather + expert matmuls (loop)": lambda: moe.loop_experts(x_ND, route)[0].backward(g_RD)}
+        middle = {"gather + expert matmuls (loop)": lambda: moe.loop_experts(x_ND, route)[0]}
+        x_RD = None
     else:
-        token_R, weight_R, linear = plan = moe.plan(route, n_tokens, compute_dtype(x_ND))
         cdt = compute_dtype(x_ND)
+        token_R, weight_R, linear = moe.plan(route, n_tokens, cdt)
         x_RD = x_ND.detach().index_select(0, token_R).requires_grad_()
         with torch.no_grad():
             y_RD = moe.experts(x_RD, linear)
-        g_RD = torch.randn_like(y_RD)
         middle = {
-            "sort + gather": lambda: x_ND.index_select(0, moe.plan(route, n_tokens, cdt).token_R).backward(g_RD),
-            "expert matmuls": lambda: moe.experts(x_RD, plan.linear).backward(g_RD),
+            "sort + gather": lambda: x_ND.index_select(0, moe.plan(route, n_tokens, cdt).token_R),
+            "expert matmuls": lambda: moe.experts(x_RD, linear),
         }
     y_RD = y_RD.detach().requires_grad_()
     weight_R = weight_R.detach().requires_grad_()
-    return {"router + losses": router, **middle,
-            "combine": lambda: combine(y_RD, token_R, weight_R, n_tokens).backward(g_ND)}
+
+    def router() -> tuple[torch.Tensor, torch.Tensor]:
+        r = moe.route(x_ND)
+        return moe.stats(r)["aux_loss"], r.weights_A
+
+    phases = {"router + losses": router, **middle,
+              "combine": lambda: combine(y_RD, token_R, weight_R, n_tokens)}
+    leaves = [t for t in (x_ND, x_RD, y_RD, weight_R) if t is not None] + list(moe.parameters())
+    return {name: _fwd_bwd(fn, leaves) for name, fn in phases.items()}
+
+
+def _fwd_bwd(forward: Callable[[], Any], leaves: list[torch.Tensor]) -> Callable[[], None]:
+    """forward() then backward with random output gradients, leaf gradients cleared first (as in a
+    training step, where they are set to None after each optimizer step)."""
+    outs = forward()
+    outs = list(outs) if isinstance(outs, tuple) else [outs]
+    grads = [torch.randn_like(o) for o in outs]
+
+    def run() -> None:
+        for t in leaves:
+            t.grad = None
+        out = forward()
+        torch.autograd.backward(list(out) if isinstance(out, tuple) else [out], grads)
+
+    return run
 
 
 def breakdown(layers: dict[str, nn.Module], args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    """{dispatch: {phase: median ms}} at args.breakdown_tokens tokens."""
+    """{dispatch: {phase: median ms}} at args.breakdown_tokens tokens, all phases of all dispatches
+    interleaved in one round robin."""
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
-    out = {}
+    x = torch.randn(1, args.breakdown_tokens, args.d_model, device=device, dtype=dtype, requires_grad=True)
+    cases = {"dense|whole step (reference)": step(layers["dense"], x, torch.randn_like(x))}
     for name, layer in layers.items():
-        if not isinstance(layer, MoE):
-            continue
-        cases = phase_cases(layer, args.breakdown_tokens, device, dtype)
-        for fn in cases.values():
-            for _ in range(args.warmup):
-                fn()
-        times, _ = time_round_robin(cases, device, repeats=args.repeats)
-        out[name] = {phase: 1e3 * median(t) for phase, t in times.items()}
+        if isinstance(layer, MoE):
+            for phase, fn in phase_cases(layer, args.breakdown_tokens, device, dtype).items():
+                cases[f"{name}|{phase}"] = fn
+    out: dict[str, dict[str, float]] = {}
+    for key, t in time_cases(cases, args).items():
+        name, phase = key.split("|")
+        out.setdefault(name, {})[phase] = t["ms"]
     return out
 
 
@@ -208,19 +270,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         layers.update(compiled_layers(layers, dtype))
     rows = []
     for n_tokens in [int(t) for t in args.tokens.split(",")]:
-        timed = time_layers(layers, n_tokens, args)
-        dense_ms = timed["dense"]["ms"]
-        for name, t in timed.items():
-            rows.append({"tokens": n_tokens, "case": name, "ms": t["ms"], "ratio_to_dense": t["ms"] / dense_ms,
-                         "first_call_ms": t["first_call_ms"]})
+        for name, t in time_layers(layers, n_tokens, args).items():
+            rows.append({"tokens": n_tokens, "case": name, **t, "dropped_frac": dropped_frac(layers[name], n_tokens)})
     phases = breakdown(layers, args) if args.breakdown_tokens else {}
     return {
         "bench": "moe",
-        "env": environment(device),
+        "env": {**environment(device), "cpu_count": os.cpu_count(), "load_avg_1min": os.getloadavg()[0]},
         "dtype": args.dtype,
         "shapes": {"d_model": args.d_model, "n_experts": args.n_experts, "top_k": args.top_k,
                    "d_ff_expert": args.d_ff_expert, "dense_d_ff": args.top_k * args.d_ff_expert,
                    "mlp": args.mlp, "capacity_factor": args.capacity_factor},
+        "clock": args.clock,
         "repeats": args.repeats,
         "warmup": args.warmup,
         "rows": rows,
@@ -240,7 +300,8 @@ def goals(rows: list[dict[str, Any]]) -> dict[str, bool]:
         if big:
             out["grouped_within_1.15x_dense_at_2048_plus"] = all(by[n, "grouped"]["ratio_to_dense"] <= 1.15 for n in big)
         if all((n, "loop") in by for n in tokens):
-            out["grouped_ahead_of_loop_everywhere"] = all(by[n, "grouped"]["ms"] < by[n, "loop"]["ms"] for n in tokens)
+            out["grouped_ahead_of_loop_everywhere"] = all(
+                by[n, "grouped"]["ratio_to_dense"] < by[n, "loop"]["ratio_to_dense"] for n in tokens)
     return out
 
 
@@ -248,7 +309,8 @@ def print_report(result: dict[str, Any]) -> None:
     env, s = result["env"], result["shapes"]
     print(f"MoE layer forward+backward, {result['dtype']} on {env['device']} ({env['threads']} threads), "
           f"d={s['d_model']}, {s['n_experts']} experts top-{s['top_k']} of width {s['d_ff_expert']} "
-          f"vs dense {s['mlp']} {s['dense_d_ff']}; median of {result['repeats']}, ratio = time / dense")
+          f"vs dense {s['mlp']} {s['dense_d_ff']}; {result['clock']} clock, median of {result['repeats']}, "
+          "ratio = median of time / dense time in the same round")
     cases = list(dict.fromkeys(r["case"] for r in result["rows"]))
     table = []
     for n in sorted({r["tokens"] for r in result["rows"]}):
@@ -266,6 +328,17 @@ def print_report(result: dict[str, Any]) -> None:
             total = sum(phases.values())
             parts = ", ".join(f"{p} {ms:.1f} ({100 * ms / total:.0f}%)" for p, ms in phases.items())
             print(f"  {dispatch:<9} {parts}; sum {total:.1f}")
+    drops = [r for r in result["rows"] if r["case"] == "capacity"]
+    if drops:
+        print(f"capacity (factor {s['capacity_factor']}) dropped: "
+              + ", ".join(f"{100 * r['dropped_frac']:.2f}% at {r['tokens']}" for r in drops))
+    compiled = [r for r in result["rows"] if r["case"].endswith("compiled")]
+    if compiled:
+        print("first call (compilation) of compiled cases: "
+              + ", ".join(f"{r['case']} @{r['tokens']} {r['first_call_ms'] / 1e3:.1f} s" for r in compiled))
+    if env["load_avg_1min"] > 0.75 * (env["cpu_count"] or 1):
+        print(f"warning: load average {env['load_avg_1min']:.1f} on {env['cpu_count']} cores: other jobs share "
+              "this machine and the figures are noisy (--threads 1 --clock cpu suffers least)")
     for goal, ok in result["goals"].items():
         print(f"goal {goal}: {'met' if ok else 'NOT met'}")
 

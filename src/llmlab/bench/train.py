@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmlab.bench.common import emit_json, environment, median, print_table, sync
-from llmlab.config import ModelConfig, RunConfig, TrainConfig, load_run_config
+from llmlab.config import ModelConfig, RunConfig, load_run_config
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -32,6 +32,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="tokens/s is the median over repeats")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation happens here)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=None, help="intra-op CPU threads, the same for every row")
     p.add_argument("--dtype", choices=("auto", "bf16", "fp32"), default=None, help="default: train.dtype")
     p.add_argument("--no-compile", action="store_true", help="skip the compiled row")
     p.add_argument("--no-peer", action="store_true", help="skip the Hugging Face row")
@@ -42,7 +43,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 # What is timed
 
 
-def _our_step(cfg: RunConfig, device: torch.device, amp: torch.dtype | None, compiled: bool) -> tuple[Callable, nn.Module]:
+def _our_step(cfg: RunConfig, device: torch.device, amp: torch.dtype | None, compiled: bool) -> Callable[[], None]:
     from llmlab.train.optim import build_optimizer
     from llmlab.train.setup import build_model
     from llmlab.train.step import LossHead, train_step
@@ -58,7 +59,7 @@ def _our_step(cfg: RunConfig, device: torch.device, amp: torch.dtype | None, com
     def step() -> None:
         train_step(module, model, optimizer, lambda: batch, 1, tc.grad_clip, device)
 
-    return step, model
+    return step
 
 
 def _peer_step(cfg: RunConfig, device: torch.device, amp: torch.dtype | None) -> tuple[Callable, str]:
@@ -116,25 +117,30 @@ def _batch(cfg: RunConfig, device: torch.device) -> tuple[torch.Tensor, torch.Te
 # Timing
 
 
-def measure(step: Callable[[], None], device: torch.device, tokens_per_step: int, args: argparse.Namespace
-            ) -> dict[str, float]:
-    """Warm-up steps timed apart (compilation), then the median tokens/s over repeats."""
+def warm_up(step: Callable[[], None], device: torch.device, n: int) -> float:
+    """Seconds for the first n steps (compilation, allocator and kernel warm-up): reported apart."""
     sync(device)
     t0 = time.perf_counter()
-    for _ in range(args.warmup):
+    for _ in range(n):
         step()
     sync(device)
-    warmup_s = time.perf_counter() - t0
-    rates = []
+    return time.perf_counter() - t0
+
+
+def interleaved_rates(steps: dict[str, Callable[[], None]], device: torch.device, tokens_per_step: int,
+                      args: argparse.Namespace) -> dict[str, list[float]]:
+    """tokens/s of each implementation, `repeats` times, taking turns: on a shared machine a busy
+    moment then slows every row alike instead of whichever happened to run during it."""
+    rates: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(args.repeats):
-        sync(device)
-        t0 = time.perf_counter()
-        for _ in range(args.steps):
-            step()
-        sync(device)
-        rates.append(args.steps * tokens_per_step / (time.perf_counter() - t0))
-    rate = median(rates)
-    return {"tokens_per_s": rate, "step_ms": 1000 * tokens_per_step / rate, "warmup_s": warmup_s}
+        for name, step in steps.items():
+            sync(device)
+            t0 = time.perf_counter()
+            for _ in range(args.steps):
+                step()
+            sync(device)
+            rates[name].append(args.steps * tokens_per_step / (time.perf_counter() - t0))
+    return rates
 
 
 # ---------------------------------------------------------------------------------------------
@@ -163,41 +169,45 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     cfg, device, amp = _resolve(args)
     tokens = cfg.train.micro_batch_size * cfg.train.seq_len
+    steps, notes = _implementations(cfg, device, amp, args)
+    warmup_s = {name: warm_up(step, device, args.warmup) for name, step in steps.items()}
+    rates = interleaved_rates(steps, device, tokens, args)
     flops = count(cfg.model, seq_len=cfg.train.seq_len)["flops_per_token"]
     peak = peak_flops(device) if amp == torch.bfloat16 else None
-    rows, notes = [], []
-    eager = measure(_our_step(cfg, device, amp, compiled=False)[0], device, tokens, args)
-    rows.append({"impl": "llmlab eager", **eager})
-    if not args.no_compile:
-        compiled = measure(_our_step(cfg, device, amp, compiled=True)[0], device, tokens, args)
-        # Compile time: the warm-up steps beyond what they cost once compiled.
-        compiled["compile_s"] = max(0.0, compiled["warmup_s"] - args.warmup * compiled["step_ms"] / 1000)
-        rows.append({"impl": "llmlab compiled", **compiled})
-    if not args.no_peer:
-        rows.extend(_peer_rows(cfg, device, amp, tokens, args, notes))
-    for row in rows:
-        row["mfu"] = mfu(flops, row["tokens_per_s"], peak)
-    peer = next((r for r in rows if r["impl"].startswith("HF")), None)
-    for row in rows:
-        row["vs_peer"] = row["tokens_per_s"] / peer["tokens_per_s"] if peer else None
+    peer = next((name for name in steps if name.startswith("HF")), None)
+    rows = []
+    for name in steps:
+        rate = median(rates[name])
+        row = {"impl": name, "tokens_per_s": rate, "step_ms": 1000 * tokens / rate, "warmup_s": warmup_s[name],
+               "mfu": mfu(flops, rate, peak), "vs_peer": rate / median(rates[peer]) if peer else None}
+        if name == "llmlab compiled":  # the warm-up steps beyond what they cost once compiled
+            row["compile_s"] = max(0.0, warmup_s[name] - args.warmup * row["step_ms"] / 1000)
+        rows.append(row)
     return {"rows": rows, "notes": notes, "cfg": cfg, "device": device, "amp": amp, "flops": flops}
 
 
-def _peer_rows(cfg: RunConfig, device: torch.device, amp: torch.dtype | None, tokens: int,
-               args: argparse.Namespace, notes: list[str]) -> list[dict[str, Any]]:
+def _implementations(cfg: RunConfig, device: torch.device, amp: torch.dtype | None, args: argparse.Namespace
+                     ) -> tuple[dict[str, Callable[[], None]], list[str]]:
+    steps = {"llmlab eager": _our_step(cfg, device, amp, compiled=False)}
+    if not args.no_compile:
+        steps["llmlab compiled"] = _our_step(cfg, device, amp, compiled=True)
+    notes: list[str] = []
+    if args.no_peer:
+        return steps, notes
     try:
         step, name = _peer_step(cfg, device, amp)
+        steps[f"{name} eager"] = step
     except ImportError:
         notes.append("peer skipped: transformers is not installed (pip install -e '.[bench]')")
-        return []
     except ValueError as e:
         notes.append(f"peer skipped: {e}")
-        return []
-    return [{"impl": f"{name} eager", **measure(step, device, tokens, args)}]
+    return steps, notes
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     out = run(args)
     cfg, rows = out["cfg"], out["rows"]

@@ -127,7 +127,9 @@ class ParallelEncoder:
             methods = multiprocessing.get_all_start_methods()
             context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
             if context.get_start_method() == "forkserver":
-                context.set_forkserver_preload([__name__])  # workers fork with numpy and tiktoken loaded
+                # workers then fork with numpy and tiktoken already imported (a process-wide setting,
+                # only read when the fork server starts)
+                context.set_forkserver_preload([__name__, "tiktoken"])
             self._pool = ProcessPoolExecutor(self.workers, mp_context=context)
 
     def map(self, chunks: Iterable[list[str]]) -> Iterator[EncodedChunk]:

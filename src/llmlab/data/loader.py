@@ -132,6 +132,8 @@ class TrainLoader:
                     f"loader state was saved with {key} = {state[key]}, this loader has {getattr(self, key)}:"
                     " the data order would not resume exactly"
                 )
+        if "epoch" not in state or "position" not in state:
+            raise DataError(f"loader state needs 'epoch' and 'position', got keys {sorted(state)}")
         epoch, position = int(state["epoch"]), int(state["position"])
         if epoch < 0 or not 0 <= position < self.steps_per_epoch:
             raise DataError(f"loader state (epoch {epoch}, position {position}) is out of range")

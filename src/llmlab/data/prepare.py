@@ -56,6 +56,8 @@ def prepare(
     tok = get_tokenizer(tokenizer, tokenizer_file)
     source = get_source(dataset, source_dir)
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     with prepare_lock(out, lock_timeout, progress):
         digest = source.digest()

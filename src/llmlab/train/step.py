@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -132,17 +132,20 @@ def eval_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, autocast_dtype
     return loss_sum, (y != IGNORE_INDEX).sum()
 
 
-def eval_context(model: nn.Module) -> contextlib.AbstractContextManager:
+def bind_eval_loss(model: nn.Module, autocast_dtype: torch.dtype | None) -> EvalFn:
+    """eval_loss bound to a model: the (x, y) callable that gets compiled for evaluation."""
+
+    def loss_of_batch(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return eval_loss(model, x, y, autocast_dtype)
+
+    return loss_of_batch
+
+
+@contextlib.contextmanager
+def eval_context(model: nn.Module) -> Iterator[None]:
     """Eval mode (dropout off) for the duration, then back to train mode."""
-    return _EvalMode(model)
-
-
-class _EvalMode:
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-
-    def __enter__(self) -> None:
-        self.model.eval()
-
-    def __exit__(self, *exc: object) -> None:
-        self.model.train()
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train()
