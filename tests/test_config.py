@@ -43,6 +43,11 @@ def test_moe_config_validation() -> None:
         MoEConfig(n_experts=2, top_k=3)
     with pytest.raises(ConfigError, match="dispatch must be one of"):
         MoEConfig(dispatch="magic")
+    with pytest.raises(ConfigError, match=r"capacity_factor \(1.25\) only applies to dispatch = 'capacity'"):
+        MoEConfig(dispatch="grouped", capacity_factor=1.25)
+    with pytest.raises(ConfigError, match=r"d_ff_expert \(12\) to be multiples of 8"):
+        ModelConfig(d_model=64, n_heads=4, moe=MoEConfig(d_ff_expert=12, dispatch="grouped"))
+    assert ModelConfig(d_model=64, n_heads=4, moe=MoEConfig(d_ff_expert=12, dispatch="capacity")).moe.d_ff_expert == 12
 
 
 def test_train_config_validation() -> None:

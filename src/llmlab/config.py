@@ -80,6 +80,11 @@ class MoEConfig:
         if self.aux_loss_coef < 0 or self.z_loss_coef < 0:
             raise ConfigError("model.moe.aux_loss_coef and z_loss_coef must be >= 0")
         _choice("model.moe.dispatch", self.dispatch, DISPATCHES)
+        if self.capacity_factor is not None and self.dispatch != "capacity":
+            raise ConfigError(
+                f"model.moe.capacity_factor ({self.capacity_factor}) only applies to dispatch = 'capacity' "
+                f"('{self.dispatch}' is dropless); remove it or set model.moe.dispatch = \"capacity\""
+            )
 
 
 @dataclass
@@ -153,6 +158,12 @@ class ModelConfig:
             self.d_ff = 4 * self.d_model if self.mlp == "gelu" else _round_up(8 * self.d_model // 3, 64)
         if self.moe is not None and self.moe.d_ff_expert == 0:
             self.moe.d_ff_expert = max(1, self.d_ff // self.moe.top_k)
+        if self.moe is not None and self.moe.dispatch == "grouped" and (self.d_model % 8 or self.moe.d_ff_expert % 8):
+            raise ConfigError(
+                f"model.moe.dispatch = 'grouped' needs model.d_model ({self.d_model}) and model.moe.d_ff_expert "
+                f"({self.moe.d_ff_expert}) to be multiples of 8 (torch._grouped_mm alignment); "
+                "resize them or use dispatch = 'capacity'"
+            )
 
     @property
     def padded_vocab_size(self) -> int:

@@ -5,16 +5,18 @@ Reference shapes (the defaults): d_model 256, 8 experts, top-2, expert width 352
 dense SwiGLU of width 2 x 352 = 704 (the MoE adds only its 256 x 8 router), at 512, 2,048 and 8,192
 tokens. Every case gets the same input and the same output gradient, runs interleaved with the
 others (a, b, c, a, b, c, ...) so that noise from a shared machine falls on all alike, after
-untimed warm-up calls, at one thread count; we report medians and ratios to dense. A step is a
-training step's work: forward, then backward to the input and to every parameter (the MoE's
-backward includes its auxiliary loss).
+untimed warm-up calls, at one thread count; we report the median time and the median over rounds
+of (time / dense time in the same round), a paired ratio that a load change between rounds does
+not skew. A step is a training step's work: forward, then backward to the input and to every
+parameter (the MoE's backward includes its auxiliary loss). On a small shared machine, use
+--threads 1 --clock cpu: OpenMP threads waiting for a busy core make wall times meaningless.
 
 Peers on the same shapes when Hugging Face `transformers` is installed: MixtralSparseMoeBlock with
 its default "eager" experts (a Python loop over the experts hit) and with "grouped_mm".
 
 Then a breakdown of one layer's step into phases, each timed forward + backward on its own with the
-module's own functions (router + losses, sort and gather, expert matmuls, combine); their sum is
-close to, not exactly, the whole step. Weights are random, so routing is close to uniform: the
+module's own functions (router + losses, sort and gather, expert matmuls, combine), interleaved
+with the dense step for reference; their sum is close to, not exactly, the whole step. Weights are random, so routing is close to uniform: the
 capacity dispatch drops little and the grouped GEMMs are balanced (the best case for both).
 """
 
