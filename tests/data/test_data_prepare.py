@@ -208,3 +208,12 @@ def test_tokenizer_train_cli(tmp_path, capsys):
     assert info["vocab_size"] == tok.vocab_size and tok.decode(tok.encode("some text")) == "some text"
     meta = prepare(str(src), str(out), tmp_path / "prepared", progress=False)
     assert meta["tokenizer"]["name"] == "bpe" and meta["tokenizer"]["hash"] == tok.hash
+
+
+def test_wikitext_bytes_that_are_not_utf8_are_reported(tmp_path):
+    from data_helpers import small_wikitext
+
+    folder = small_wikitext(tmp_path / "wt")
+    (folder / "wiki.test.raw").write_bytes((folder / "wiki.test.raw").read_bytes().replace(b"Small", b"Sm\xffll"))
+    with pytest.raises(DataError, match=r"not UTF-8 text .*Sm\\xffll"):
+        prepare("wikitext-2", "byte", tmp_path / "out", source_dir=str(folder), progress=False)

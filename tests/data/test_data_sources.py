@@ -37,8 +37,9 @@ def test_wikitext_files_split_into_articles(tmp_path):
         titles = [next(line for line in d.splitlines() if is_title(line + "\n"))[3:-3] for d in docs]
         assert titles == first_titles
         assert docs[0].startswith(" \n = ")  # the file's leading blank line joins the first article
-        for block_chars in (1, 7, 50):  # blocks of whole lines, cut anywhere: the same articles
-            assert list(split_articles(read_blocks(folder / fname, block_chars))) == docs
+        assert [d.decode("utf-8") for d in source.raw_documents(split)] == docs  # prepare's bytes path
+        for block_size in (1, 7, 50):  # blocks of whole lines, cut anywhere: the same articles
+            assert list(split_articles(read_blocks(folder / fname, block_size))) == [d.encode() for d in docs]
     assert "History" in list(source.documents("train"))[0]  # sections stay inside their article
 
 
@@ -56,11 +57,12 @@ def test_wikitext_prefers_the_dataset_subfolder(tmp_path):
     ("wiki.test.tokens", 62, 4_358, 241_211),
 ])
 def test_real_wikitext_articles_and_word_counts(fname, articles, lines, words):
-    docs = list(split_articles(read_blocks(SHARED_WIKITEXT / fname)))
-    assert len(docs) == articles
+    raw = list(split_articles(read_blocks(SHARED_WIKITEXT / fname)))
+    assert len(raw) == articles
     with open(SHARED_WIKITEXT / fname, encoding="utf-8", newline="") as f:
-        assert list(split_articles(f)) == docs  # line by line gives the same
-    counted = [count_words(d.encode("utf-8")) for d in docs]
+        docs = list(split_articles(f))  # text, line by line: the same articles
+    assert [d.encode("utf-8") for d in docs] == raw
+    counted = [count_words(d) for d in raw]
     assert sum(c[1] for c in counted) == lines
     assert sum(c[0] for c in counted) == words + lines  # Merity et al.: line ends count as words
     assert sum(len(d.split()) for d in docs) == words

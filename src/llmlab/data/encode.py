@@ -20,8 +20,9 @@ import numpy as np
 
 from llmlab.data.tokenfile import check_ids, token_dtype
 from llmlab.data.tokenizers import Tokenizer, cached_tokenizer
+from llmlab.errors import DataError
 
-CHUNK_CHARS = 1 << 20  # ~1 MB of text per task: large enough to amortise IPC, small enough to stream
+CHUNK_SIZE = 1 << 20  # ~1 MB of text per task: large enough to amortise IPC, small enough to stream
 POOL_MIN_BYTES = 32 << 20  # below this, starting workers (~0.5 s) costs more than it saves
 
 # Whitespace as bytes.split() sees it (space, \t, \n, \v, \f, \r). In UTF-8 these bytes never
@@ -57,18 +58,18 @@ def count_words(data: bytes) -> tuple[int, int]:
     return starts + lines, lines
 
 
-def encode_documents(tok: Tokenizer, docs: list[str]) -> EncodedChunk:
-    """Tokenize a list of documents into one array, each followed by EOT; count words and bytes."""
+def encode_documents(tok: Tokenizer, docs: list[str | bytes]) -> EncodedChunk:
+    """Tokenize documents (text or UTF-8 bytes) into one array, each followed by EOT; count words and bytes."""
     dtype = token_dtype(tok.vocab_size)
     eot = np.array([tok.eot_id], dtype=dtype)
     parts, chunk = [], EncodedChunk(tokens=np.zeros(0, dtype=dtype))
     for doc in docs:
         if not doc:
             continue  # an empty document would be a lone EOT
-        ids = tok.encode_array(doc)
+        data, text = _bytes_and_text(doc)
+        ids = tok.encode_array(text)
         check_ids(ids, tok.vocab_size, f"tokenizer {tok.name}")  # before the cast, which would wrap
         parts += [ids.astype(dtype, copy=False), eot]
-        data = doc.encode("utf-8")
         words, lines = count_words(data)
         chunk.documents += 1
         chunk.words += words
@@ -79,18 +80,27 @@ def encode_documents(tok: Tokenizer, docs: list[str]) -> EncodedChunk:
     return chunk
 
 
-def _encode_in_worker(spec: tuple[str, str | None], expected_hash: str, docs: list[str]) -> EncodedChunk:
+def _bytes_and_text(doc: str | bytes) -> tuple[bytes, str]:
+    if isinstance(doc, str):
+        return doc.encode("utf-8"), doc
+    try:
+        return doc, doc.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"not UTF-8 text ({e.reason} at byte {e.start} of a document starting {doc[:60]!r})") from None
+
+
+def _encode_in_worker(spec: tuple[str, str | None], expected_hash: str, docs: list[str | bytes]) -> EncodedChunk:
     return encode_documents(cached_tokenizer(spec[0], spec[1], expected_hash), docs)
 
 
-def chunk_documents(docs: Iterable[str], chunk_chars: int = CHUNK_CHARS) -> Iterator[list[str]]:
-    """Group documents into lists of at least chunk_chars characters (the last may be smaller)."""
-    chunk: list[str] = []
+def chunk_documents(docs: Iterable[str | bytes], chunk_size: int = CHUNK_SIZE) -> Iterator[list[str | bytes]]:
+    """Group documents into lists of at least chunk_size characters or bytes (the last may be smaller)."""
+    chunk: list[str | bytes] = []
     size = 0
     for doc in docs:
         chunk.append(doc)
         size += len(doc)
-        if size >= chunk_chars:
+        if size >= chunk_size:
             yield chunk
             chunk, size = [], 0
     if chunk:
@@ -132,7 +142,7 @@ class ParallelEncoder:
                 context.set_forkserver_preload([__name__, "tiktoken"])
             self._pool = ProcessPoolExecutor(self.workers, mp_context=context)
 
-    def map(self, chunks: Iterable[list[str]]) -> Iterator[EncodedChunk]:
+    def map(self, chunks: Iterable[list[str | bytes]]) -> Iterator[EncodedChunk]:
         if self._pool is None:
             yield from (encode_documents(self.tok, chunk) for chunk in chunks)
             return

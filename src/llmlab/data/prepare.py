@@ -62,20 +62,30 @@ def prepare(
     with prepare_lock(out, lock_timeout, progress):
         digest = source.digest()
         fingerprint = short_hash(FORMAT, source.name, digest, tok.hash)
-        if (out / META_FILE).is_file() and not force:
-            old = read_meta(out)
-            if old.get("fingerprint") != fingerprint:
-                raise DataError(
-                    f"{out} holds {old.get('dataset')} / {old.get('tokenizer', {}).get('name')} data (fingerprint"
-                    f" {old.get('fingerprint')}), not {source.name} / {tok.name} ({fingerprint}): pass --force to"
-                    " overwrite it, or choose another --out"
-                )
-            if files_intact(out, old):
-                _say(progress, f"{out} is up to date (fingerprint {fingerprint})")
-                return old
-            _say(progress, f"{out}: token files do not match {META_FILE}; preparing again")
+        current = None if force else _up_to_date(out, fingerprint, f"{source.name} / {tok.name}", progress)
+        if current is not None:
+            return current
         n_workers = workers or default_workers(source.size_hint())
         return _build(out, source, tok, digest, fingerprint, n_workers, progress)
+
+
+def _up_to_date(out: Path, fingerprint: str, what: str, progress: bool) -> dict[str, Any] | None:
+    """The folder's meta when it already holds this fingerprint, intact; None when there is
+    nothing (or something damaged) to keep; DataError when it holds other data."""
+    if not (out / META_FILE).is_file():
+        return None
+    old = read_meta(out)
+    if old.get("fingerprint") != fingerprint:
+        raise DataError(
+            f"{out} holds {old.get('dataset')} / {old.get('tokenizer', {}).get('name')} data (fingerprint"
+            f" {old.get('fingerprint')}), not {what} ({fingerprint}): pass --force to overwrite it,"
+            " or choose another --out"
+        )
+    if not files_intact(out, old):
+        _say(progress, f"{out}: token files do not match {META_FILE}; preparing again")
+        return None
+    _say(progress, f"{out} is up to date (fingerprint {fingerprint})")
+    return old
 
 
 def ensure_prepared(data_cfg: DataConfig, progress: bool = True) -> Path:
@@ -138,7 +148,7 @@ def _build(
             splits = {}
             for split in SPLITS:
                 bar.set_description(f"tokenizing {source.name} {split}")
-                splits[split] = _write_split(tmp / split_file(split), source.documents(split), tok, encoder, bar)
+                splits[split] = _write_split(tmp / split_file(split), source.raw_documents(split), tok, encoder, bar)
                 if splits[split]["documents"] == 0:
                     raise DataError(f"the {split} split of {source.name} has no documents")
         meta = {
@@ -161,7 +171,7 @@ def _build(
 
 
 def _write_split(
-    path: Path, docs: Iterable[str], tok: Tokenizer, encoder: ParallelEncoder, bar: Any
+    path: Path, docs: Iterable[str | bytes], tok: Tokenizer, encoder: ParallelEncoder, bar: Any
 ) -> dict[str, Any]:
     counts = {"documents": 0, "words": 0, "lines": 0, "bytes": 0}
     with TokenFileWriter(path, tok.vocab_size) as writer:

@@ -26,6 +26,11 @@ class Source(ABC):
     def documents(self, split: str) -> Iterator[str]:
         """The split's documents, in a fixed order."""
 
+    def raw_documents(self, split: str) -> Iterator[str | bytes]:
+        """What `prepare` tokenizes: the documents, possibly as UTF-8 bytes, which its worker
+        processes then decode in parallel rather than the parent process. Default: documents()."""
+        return self.documents(split)
+
     @abstractmethod
     def digest(self) -> str:
         """A hash of the content (and of the reader's version): changes when a document could."""

@@ -17,6 +17,7 @@ import hashlib
 import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import AnyStr
 
 from llmlab.data.sources import Source, check_split, hash_files
 from llmlab.errors import DataError
@@ -29,48 +30,53 @@ READER_VERSION = "wikitext/1"  # bump when the article splitting changes (it cha
 
 
 # A title line preceded by its line end: a literal prefix, so the regex engine skips ahead at
-# memchr-like speed (~10x faster than testing each line in Python).
-_TITLE_AFTER_NEWLINE = re.compile(r"\n = (?!=)[^\n]* = \r?(?=\n|\Z)")
-BLOCK_CHARS = 1 << 24  # read 16 M characters at a time
+# memchr-like speed (~10x faster than testing each line in Python). Bytes or text alike.
+_TITLE = {
+    str: re.compile(r"\n = (?!=)[^\n]* = \r?(?=\n|\Z)"),
+    bytes: re.compile(rb"\n = (?!=)[^\n]* = \r?(?=\n|\Z)"),
+}
+_NEWLINE = {str: "\n", bytes: b"\n"}
+BLOCK_SIZE = 1 << 24  # read 16 MB at a time
 
 
 def is_title(line: str) -> bool:
     """` = Title = ` (one '=' each side), not a section heading ` = = Section = = `."""
-    return _TITLE_AFTER_NEWLINE.match("\n" + line) is not None
+    return _TITLE[str].match("\n" + line) is not None
 
 
-def title_starts(text: str) -> list[int]:
+def title_starts(text: AnyStr) -> list[int]:
     """Offsets of the title lines in text (which starts at a line start)."""
-    return [m.start() for m in _TITLE_AFTER_NEWLINE.finditer("\n" + text)]  # "\n" shifts by one
+    kind = type(text)
+    return [m.start() for m in _TITLE[kind].finditer(_NEWLINE[kind] + text)]  # the prefix shifts by one
 
 
-def split_articles(blocks: Iterable[str]) -> Iterator[str]:
-    """Cut text into articles at the top-level headings. Each block must hold whole lines."""
-    article: list[str] = []
+def split_articles(blocks: Iterable[AnyStr]) -> Iterator[AnyStr]:
+    """Cut text (str or UTF-8 bytes) into articles at the top-level headings; blocks hold whole lines."""
+    article: list[AnyStr] = []
     seen_title = False
     for text in blocks:
-        start = 0
+        join, start = text[:0].join, 0
         for pos in title_starts(text):
             if seen_title:  # the first title does not cut: the lines before it join its article
                 article.append(text[start:pos])
-                yield "".join(article)
+                yield join(article)
                 article, start = [], pos
             seen_title = True
         article.append(text[start:])
     if any(article):
-        yield "".join(article)
+        yield join(article)
 
 
-def read_blocks(path: Path, block_chars: int = BLOCK_CHARS) -> Iterator[str]:
-    """The file as UTF-8 text in blocks of whole lines, line ends kept exactly."""
-    with open(path, encoding="utf-8", newline="") as f:
-        tail = ""
-        while block := f.read(block_chars):
-            text = tail + block
-            cut = text.rfind("\n") + 1
+def read_blocks(path: Path, block_size: int = BLOCK_SIZE) -> Iterator[bytes]:
+    """The file's bytes in blocks of whole lines."""
+    with open(path, "rb") as f:
+        tail = b""
+        while block := f.read(block_size):
+            data = tail + block
+            cut = data.rfind(b"\n") + 1
             if cut:
-                yield text[:cut]
-            tail = text[cut:]
+                yield data[:cut]
+            tail = data[cut:]
         if tail:
             yield tail
 
@@ -95,8 +101,16 @@ class WikiTextFiles(Source):
         self.files = {split: folder / fname for split, fname in RAW_FILES.items()}
 
     def documents(self, split: str) -> Iterator[str]:
+        for article in self.raw_documents(split):
+            try:
+                yield article.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{self.files[split]}: not UTF-8 text ({e.reason} in an article)") from None
+
+    def raw_documents(self, split: str) -> Iterator[bytes]:
+        # Bytes: prepare's worker processes decode them, in parallel, instead of the parent.
         check_split(split)
-        yield from split_articles(read_blocks(self.files[split]))
+        return split_articles(read_blocks(self.files[split]))
 
     def digest(self) -> str:
         paths = list(self.files.values())
