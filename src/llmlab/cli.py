@@ -181,7 +181,8 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--source-dir", default=None, help="local WikiText copy: the raw files or the parquet files")
     p.add_argument("--tokenizer-file", default=None, help="a local gpt2.tiktoken ranks file")
     p.add_argument("--force", action="store_true", help="overwrite data prepared differently")
-    p.add_argument("--workers", type=int, default=None, help="tokenizer processes (default: all CPUs for large corpora)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="tokenizer processes (default: all CPUs for large corpora)")
     p.add_argument("--json", action="store_true", help="print meta.json as one JSON line")
     p.set_defaults(func=_cmd_prepare)
 
@@ -203,7 +204,8 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 def _add_tokenizer(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tokenizer", help="fetch the GPT-2 BPE for offline use, or train a byte-level BPE")
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    fetch = actions.add_parser("fetch", help="cache the GPT-2 ranks (tiktoken, else PyPI openai-whisper), sha256-checked")
+    fetch = actions.add_parser("fetch",
+                               help="cache the GPT-2 ranks (tiktoken, else PyPI openai-whisper), sha256-checked")
     fetch.add_argument("name", choices=("gpt2",))
     fetch.add_argument("--json", action="store_true", help="print one JSON object")
     fetch.set_defaults(func=_cmd_tokenizer_fetch)

@@ -200,9 +200,11 @@ def test_cli_json_and_table(tmp_path, capsys):
 
 
 def test_tokenizer_train_cli(tmp_path, capsys):
-    src = _text_folder(tmp_path / "corpus", {"train": ["some text to learn merges from " * 20], "val": ["c"], "test": ["d"]})
+    src = _text_folder(tmp_path / "corpus", {"train": ["some text to learn merges from " * 20],
+                                             "val": ["c"], "test": ["d"]})
     out = tmp_path / "bpe.json"
-    assert cli.main(["tokenizer", "train", "--dataset", str(src), "--vocab-size", "280", "--out", str(out), "--json"]) == 0
+    args = ["tokenizer", "train", "--dataset", str(src), "--vocab-size", "280", "--out", str(out), "--json"]
+    assert cli.main(args) == 0
     info = json.loads(capsys.readouterr().out)
     tok = get_tokenizer(str(out))
     assert info["vocab_size"] == tok.vocab_size and tok.decode(tok.encode("some text")) == "some text"

@@ -112,6 +112,14 @@ def test_resume_refuses_changed_architecture_naming_the_field(make_config, tmp_p
         train(reseeded, tmp_path / "run")
 
 
+def test_resume_refuses_other_data_naming_the_fingerprint(make_config, synthetic_data, tmp_path):
+    train(load_run_config(make_config(train={"max_steps": 4}, data=synthetic_data)), tmp_path / "run")
+    other = load_run_config(make_config(train={"max_steps": 8}))  # pydocs: same tokenizer, other data
+    with pytest.raises(CheckpointError, match=r"data\.fingerprint: checkpoint '\w+', now '\w+'") as e:
+        train(other, tmp_path / "run")
+    assert "tokenizer" not in str(e.value).split(" -- ")[0]
+
+
 def test_resume_allows_and_logs_training_only_changes(make_config, tmp_path):
     train(load_run_config(make_config(train={"max_steps": 4})), tmp_path / "run")
     more = load_run_config(make_config(train={"max_steps": 6, "eval_interval": 3}))

@@ -100,7 +100,9 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         runs = single_thread_runs(tok, docs)
         runs["prepare tokenizer, 1 process"] = encoder_run(one, docs)
         runs[f"prepare tokenizer, {workers} processes"] = encoder_run(many, docs)  # warm-up starts the workers
-        runs[f"prepare end to end, {workers} processes"] = prepare_run("wikitext-103", source_dir, tmp / "out", workers, tok)
+        runs[f"prepare end to end, {workers} processes"] = prepare_run(
+            "wikitext-103", source_dir, tmp / "out", workers, tok
+        )
         times, warmup = time_round_robin({n: counted(n, fn) for n, fn in runs.items()}, repeats=args.repeat)
     rows = []
     for name, t in times.items():

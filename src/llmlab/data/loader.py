@@ -44,11 +44,14 @@ def open_split(data_dir: str | Path, split: str, vocab_size: int | None = None) 
     if vocab_size is not None and vocab_size != data_vocab:
         raise DataError(
             f"{path}: tokenized with {meta['tokenizer']['name']} (vocabulary {data_vocab:,}) but the model has"
-            f" vocab_size {vocab_size:,}: set model.vocab_size = {data_vocab} or prepare the data with the model's tokenizer"
+            f" vocab_size {vocab_size:,}: set model.vocab_size = {data_vocab} or prepare the data with the model's"
+            " tokenizer"
         )
     tokens = open_tokens(path, data_vocab)
     if len(tokens) != info["tokens"]:
-        raise DataError(f"{path}: holds {len(tokens):,} tokens but meta.json says {info['tokens']:,}; re-run llmlab prepare --force")
+        raise DataError(
+            f"{path}: holds {len(tokens):,} tokens but meta.json says {info['tokens']:,}; re-run llmlab prepare --force"
+        )
     return tokens
 
 
@@ -164,7 +167,10 @@ def eval_batches(
         yield _eval_batch(tokens, first, min(batch_size, n_windows - first), seq_len, batch_size)
 
 
-def _eval_batch(tokens: np.ndarray, first: int, rows: int, seq_len: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _eval_batch(
+    tokens: np.ndarray, first: int, rows: int, seq_len: int, batch_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Windows first .. first+rows-1 in a (batch_size, seq_len) batch; the rest is padding."""
     x = np.zeros((batch_size, seq_len), dtype=np.int64)
     y = np.full((batch_size, seq_len), IGNORE_INDEX, dtype=np.int64)
     for r in range(rows):

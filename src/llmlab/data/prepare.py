@@ -216,7 +216,9 @@ def prepare_lock(out: Path, timeout: float | None = None, progress: bool = True)
                 f.seek(0)
                 holder = f.read().strip() or "?"
                 if timeout is not None and time.monotonic() - start >= timeout:
-                    raise DataError(f"another llmlab prepare (pid {holder}) is writing {out}; try again when it ends") from None
+                    raise DataError(
+                        f"another llmlab prepare (pid {holder}) is writing {out}; try again when it ends"
+                    ) from None
                 if not told:
                     _say(progress, f"waiting for another llmlab prepare (pid {holder}) writing {out} …")
                     told = True

@@ -104,9 +104,13 @@ def read_header(path: str | Path) -> dict[str, int]:
     if magic != MAGIC:
         raise DataError(f"{path}: not an llmlab token file (magic {magic!r}, expected {MAGIC!r})")
     if version != VERSION:
-        raise DataError(f"{path}: token file version {version}, this llmlab reads version {VERSION}; re-run llmlab prepare --force")
+        raise DataError(
+            f"{path}: token file version {version}, this llmlab reads version {VERSION}; re-run llmlab prepare --force"
+        )
     if not 0 < vocab_size <= 2**32 or token_dtype(vocab_size).itemsize != itemsize:
-        raise DataError(f"{path}: header says {itemsize} bytes per token for a vocabulary of {vocab_size:,}: corrupt header")
+        raise DataError(
+            f"{path}: header says {itemsize} bytes per token for a vocabulary of {vocab_size:,}: corrupt header"
+        )
     expected = HEADER_SIZE + count * itemsize
     if size != expected:
         raise DataError(

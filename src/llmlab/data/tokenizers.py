@@ -260,7 +260,9 @@ def _from_ranks_file(path: Path) -> GPT2Tokenizer:
         raise DataError(f"GPT-2 ranks file not found: {path}")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     if digest != GPT2_RANKS_SHA256:
-        raise DataError(f"{path} is not the GPT-2 ranks file (sha256 {digest[:16]}…, expected {GPT2_RANKS_SHA256[:16]}…)")
+        raise DataError(
+            f"{path} is not the GPT-2 ranks file (sha256 {digest[:16]}…, expected {GPT2_RANKS_SHA256[:16]}…)"
+        )
     return GPT2Tokenizer(lambda: load_tiktoken_bpe(str(path)), str(path))
 
 

@@ -136,7 +136,8 @@ class WikiTextParquet(Source):
                 "reading WikiText parquet files needs pyarrow: pip install pyarrow (or use the raw files)"
             ) from None
         # one row stream over all shards: an article may continue in the next shard
-        rows = (row for path in self.files[split] for row in pq.read_table(path, columns=["text"]).column("text").to_pylist())
+        tables = (pq.read_table(path, columns=["text"]) for path in self.files[split])
+        rows = (row for table in tables for row in table.column("text").to_pylist())
         yield from split_articles(rows_to_blocks(rows))
 
     def digest(self) -> str:
@@ -199,7 +200,9 @@ def _open_hub(name: str) -> Source:
     try:
         import datasets
     except ImportError:
-        raise DataError(f"downloading {name} needs Hugging Face datasets (pip install 'llmlab[wikitext]'); {offline}") from None
+        raise DataError(
+            f"downloading {name} needs Hugging Face datasets (pip install 'llmlab[wikitext]'); {offline}"
+        ) from None
     try:
         ds = datasets.load_dataset(HUB_REPO, HUB_CONFIGS[name])
     except Exception as e:  # ConnectionError, hub errors, offline mode: all mean "not reachable"

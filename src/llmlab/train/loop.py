@@ -169,7 +169,7 @@ def _session(run: Run, stop: StopRequest) -> TrainOutcome:
         run.writer = MetricsWriter(run.run_dir)
     try:
         _start_or_resume(run, state)
-        run.progress = Progress(run.total_steps, run.step, run.cfg.train.tokens_per_update, enabled=run.info.is_main)
+        run.progress = Progress(run.total_steps, run.step, enabled=run.info.is_main)
         run.throughput = Throughput(run.cfg.train.tokens_per_update)
         if _loop(run, stop) == "stopped":
             return TrainOutcome("stopped", run.step, run.total_steps)
@@ -308,7 +308,7 @@ def _log_step(run: Run, result: StepResult, lr: float, throughput: Throughput) -
             row.update(routing_stats(result.moe_stats))
         run.emit(row)
         run.last_rate = rate
-    run.progress.update(run.step, result.loss, run.last_rate, log_line=log_now)
+    run.progress.update(run.step, run.tokens, result.loss, run.last_rate, log_line=log_now)
 
 
 def _peak(run: Run) -> float | None:

@@ -138,9 +138,8 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
 class Progress:
     """A tqdm bar on a terminal; otherwise one plain line per log step (logs, CI, nohup)."""
 
-    def __init__(self, total_steps: int, start_step: int, tokens_per_step: int, enabled: bool = True,
-                 stream: TextIO = sys.stderr) -> None:
-        self.total, self.tokens_per_step, self.stream = total_steps, tokens_per_step, stream
+    def __init__(self, total_steps: int, start_step: int, enabled: bool = True, stream: TextIO = sys.stderr) -> None:
+        self.total, self.stream = total_steps, stream
         self.enabled = enabled
         self._bar = None
         if enabled and stream.isatty():
@@ -149,16 +148,18 @@ class Progress:
             self._bar = tqdm(total=total_steps, initial=start_step, unit="step", file=stream, dynamic_ncols=True)
         self._t0, self._step0 = time.perf_counter(), start_step
 
-    def update(self, step: int, loss: float, tokens_per_s: float | None, log_line: bool) -> None:
+    def update(self, step: int, tokens: int, loss: float, tokens_per_s: float | None, log_line: bool) -> None:
         if self._bar is not None:
             self._bar.update(step - self._bar.n)
-            self._bar.set_postfix_str(self._summary(step, loss, tokens_per_s), refresh=False)
+            self._bar.set_postfix_str(self._summary(tokens, loss, tokens_per_s), refresh=False)  # tqdm shows the ETA
         elif self.enabled and log_line:
-            print(f"step {step}/{self.total} | {self._summary(step, loss, tokens_per_s)}", file=self.stream, flush=True)
+            line = f"step {step}/{self.total} | {self._summary(tokens, loss, tokens_per_s)} | ETA {self._eta(step)}"
+            print(line, file=self.stream, flush=True)
 
-    def _summary(self, step: int, loss: float, tokens_per_s: float | None) -> str:
+    @staticmethod
+    def _summary(tokens: int, loss: float, tokens_per_s: float | None) -> str:
         tok_s = f"{tokens_per_s:,.0f} tok/s" if tokens_per_s else "- tok/s"
-        return f"loss {loss:.4f} | {step * self.tokens_per_step:,} tokens | {tok_s} | ETA {self._eta(step)}"
+        return f"loss {loss:.4f} | {tokens:,} tokens | {tok_s}"
 
     def _eta(self, step: int) -> str:
         done = step - self._step0
