@@ -9,11 +9,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from llmlab.config import RunConfig, load_run_config
+from llmlab.config import RunConfig
 from llmlab.errors import CheckpointError
-from llmlab.train import checkpoint
 from llmlab.train.distributed import DistInfo, resolve_device
-from llmlab.train.setup import autocast_dtype, build_model, compile_fn, prepare_data, split_figures
+from llmlab.train.inference import load_run_model
+from llmlab.train.setup import autocast_dtype, compile_fn, prepare_data, split_figures
 from llmlab.train.step import EvalFn, bind_eval_loss, eval_context, evaluate
 
 SPLITS = ("val", "test")
@@ -42,17 +42,9 @@ def evaluate_run(run_dir: str | Path, split: str = "val", device: str = "auto",
     run_dir = Path(run_dir)
     if split not in SPLITS:
         raise CheckpointError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
-    if not (run_dir / "config.toml").is_file():
-        raise CheckpointError(f"{run_dir} is not a run directory (no config.toml)")
-    cfg = load_run_config(run_dir / "config.toml")
-    found = checkpoint.load_latest(run_dir)
-    if found is None:
-        raise CheckpointError(f"{run_dir} has no usable checkpoint")
-    entry, state = found
     info = DistInfo(rank=0, world_size=1, local_rank=0, device=resolve_device(device))
+    cfg, entry, model = load_run_model(run_dir, info.device)
     data_dir, meta = prepare_data(cfg.data, info)
-    model = build_model(cfg.model, cfg.train.seed, info.device)
-    model.load_state_dict(state["model"])
     amp = autocast_dtype(cfg.train, info.device)
     windows = max_windows if max_windows is not None else (cfg.train.eval_windows if split == "val" else None)
     fn = compile_fn(bind_eval_loss(model, amp), cfg.train)
