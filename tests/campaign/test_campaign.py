@@ -27,6 +27,8 @@ def test_demo_campaign_variants_match_active_parameters() -> None:
     rows = plan_rows(campaign)
     assert all(abs(r["vs_first"] - 1) <= 0.01 for r in rows)
     assert len({r["tokens"] for r in rows}) == 1  # equal budget
+    # the shared recipe's [model] keys (the byte vocabulary) override each variant's model file
+    assert {v.config.model.vocab_size for v in campaign.variants} == {257}
     base, gqa, moe = campaign.variants
     assert gqa.config.model.n_kv_heads < base.config.model.n_kv_heads
     assert moe.config.model.moe is not None and moe.params["total"] > base.params["total"]

@@ -1,7 +1,7 @@
 """A campaign: shared settings + `[[variant]]` overrides + a matching rule, planned before any run.
 
 ```toml
-include = "../runs/_pydocs-tiny.toml"     # shared [data] and [train] (and optionally [model])
+include = "../runs/_pydocs-tiny.toml"     # shared [data], [train] and [model] keys (e.g. vocab_size)
 match = "active_non_embedding"            # what every variant must have equal, within tolerance
 tolerance = 0.01
 
@@ -11,7 +11,7 @@ max_new_tokens = 64
 
 [[variant]]
 name = "base"
-include = "../models/tiny.toml"           # relative to the campaign file
+include = "../models/tiny.toml"           # relative to the campaign file; shared keys override it
 [[variant]]
 name = "base+gqa"
 include = "../models/tiny-gqa.toml"
@@ -85,22 +85,27 @@ def load_campaign(path: str | Path, overrides: list[str] = ()) -> Campaign:
         if not name or name in names:
             raise ConfigError(f"{path}: every [[variant]] needs a unique name; got {name!r}")
         names.add(name)
-        merged = apply_overrides(deep_merge(shared, _variant_tables(path, spec)), list(overrides))
+        base, own = _variant_tables(path, spec)
+        merged = apply_overrides(deep_merge(deep_merge(base, shared), own), list(overrides))
         cfg = run_config_from_dict(merged)
         campaign.variants.append(Variant(name, cfg, count(cfg.model, seq_len=cfg.train.seq_len)))
     check_match(campaign)
     return campaign
 
 
-def _variant_tables(path: Path, spec: dict[str, Any]) -> dict[str, Any]:
-    includes = spec.get("include", [])
-    merged: dict[str, Any] = {}
-    for inc in [includes] if isinstance(includes, str) else includes:
-        merged = deep_merge(merged, read_toml(path.parent / inc))
+def _variant_tables(path: Path, spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the variant's included files merged, its own tables). Merge order for a variant: included
+    files (its model), then the campaign's shared tables, then the variant's own tables, as a run
+    config's `include = [model, recipe]` does: the shared recipe (vocabulary, data, budget) applies
+    to every variant; what a variant writes itself wins."""
     unknown = set(spec) - {"name", "include", "model", "data", "train"}
     if unknown:
         raise ConfigError(f"{path}: unknown key variant.{sorted(unknown)[0]} (valid: name, include, model, data, train)")
-    return deep_merge(merged, {k: spec[k] for k in ("model", "data", "train") if k in spec})
+    includes = spec.get("include", [])
+    base: dict[str, Any] = {}
+    for inc in [includes] if isinstance(includes, str) else includes:
+        base = deep_merge(base, read_toml(path.parent / inc))
+    return base, {k: spec[k] for k in ("model", "data", "train") if k in spec}
 
 
 def check_match(campaign: Campaign) -> None:
