@@ -339,6 +339,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from llmlab.campaign.demo import run_demo
 
     report = run_demo(args.out, overrides=args.set)
+    print("\nsamples (temperature 0.8, top-k 50):")
+    for row in report["rows"]:
+        print(f"  {row['variant']:>14}: {row.get('sample')!r}")
     print("\n" + report["markdown"])
     print(f"written: {', '.join(report['files'])} ({report['seconds']:.0f} s)")
     return 0

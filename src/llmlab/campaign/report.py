@@ -23,6 +23,7 @@ COLUMNS = [  # (key, header, format)
     ("val_loss", "val loss", ".4f"),
     ("test_loss", "test loss", ".4f"),
     ("test_ppl", "test ppl", ".2f"),
+    ("test_bits_per_byte", "test bits/byte", ".3f"),
     ("test_word_ppl", "test word ppl", ".2f"),
     ("train_tokens_per_s", "train tok/s", ",.0f"),
     ("decode_tokens_per_s_cache", "decode tok/s (cache)", ",.1f"),
@@ -87,6 +88,7 @@ def variant_row(name: str, run_dir: Path) -> dict[str, Any]:
         "val_loss": result.get("val_loss"),
         "test_loss": result.get("test_loss"),
         "test_ppl": result.get("test_ppl"),
+        "test_bits_per_byte": result.get("test_bits_per_byte"),
         "test_word_ppl": result.get("test_word_ppl"),
         "train_tokens_per_s": result.get("tokens_per_s"),
         "decode_tokens_per_s_cache": infer.get("tokens_per_s_kv_cache"),
@@ -94,6 +96,7 @@ def variant_row(name: str, run_dir: Path) -> dict[str, Any]:
         "kv_cache_speedup": infer.get("kv_cache_speedup"),
         "tokens": result.get("tokens"),
         "device": result.get("device"),
+        "sample": infer.get("sample"),
     }
     row.update(routing_summary(read_metrics(run_dir)))
     return row
