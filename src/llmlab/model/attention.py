@@ -32,11 +32,11 @@ def rope_cache(max_seq_len: int, head_dim: int, theta: float) -> tuple[torch.Ten
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x (B, H, T, hd) with cos/sin (T, hd // 2). Rotates (x[2i], x[2i+1]) pairs, in fp32."""
-    x2 = x.float().unflatten(-1, (-1, 2))  # (B, H, T, hd/2, 2)
-    a, b = x2[..., 0], x2[..., 1]
-    out = torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1)
-    return out.flatten(-2).type_as(x)
+    """x (B, H, T, hd) with cos/sin (T, hd // 2), in fp32. Channel i is paired with i + hd/2
+    ("rotate half", GPT-NeoX / Llama layout): the same rotation as RoFormer's adjacent pairs up to a
+    fixed permutation of channels, with two contiguous halves instead of a strided stack (faster)."""
+    a, b = x.float().chunk(2, dim=-1)  # (B, H, T, hd/2) each
+    return torch.cat((a * cos - b * sin, a * sin + b * cos), dim=-1).type_as(x)
 
 
 # ---------------------------------------------------------------------------------------------
