@@ -31,7 +31,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="llmlab bench data", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mb", type=float, default=64.0, help="corpus size in MB of text (pydocs repeated; default 64)")
-    p.add_argument("--source-dir", default=None, help="a local WikiText-103 copy to use instead (all of it)")
+    p.add_argument("--source-dir", default=None, help="a folder of WikiText raw files to use instead (all of it)")
     p.add_argument("--workers", type=int, default=None, help="worker processes (default: all usable CPUs)")
     p.add_argument("--repeat", type=int, default=3, help="rounds; medians are reported (default 3)")
     p.add_argument("--tokenizer", default="gpt2", help="gpt2 | byte | a tokenizer.json (default gpt2)")
@@ -69,7 +69,7 @@ def single_thread_runs(tok: Tokenizer, docs: list[str]) -> dict[str, Callable[[]
 
 def encoder_run(encoder: ParallelEncoder, docs: list[str]) -> Callable[[], int]:
     # tokens minus one EOT per document, so the count compares with the baselines'
-    return lambda: sum(c.tokens.size - c.documents for c in encoder.map(chunk_documents(docs)))
+    return lambda: sum(c.tokens.size - c.documents for _, c in encoder.map((None, ch) for ch in chunk_documents(docs)))
 
 
 def prepare_run(dataset: str, source_dir: str, out: Path, workers: int, tok: Tokenizer) -> Callable[[], int]:
@@ -121,7 +121,7 @@ def summarize(m: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     return {
         "bench": "data",
         "tokenizer": args.tokenizer,
-        "corpus": "wikitext-103 local copy" if args.source_dir else "pydocs as WikiText raw files",
+        "corpus": f"WikiText raw files in {args.source_dir}" if args.source_dir else "pydocs as WikiText raw files",
         "mb": round(m["mb"], 2),
         "documents": m["documents"],
         "cpus": usable_cpus(),

@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
@@ -22,6 +23,7 @@ from llmlab.data.tokenfile import check_ids, token_dtype
 from llmlab.data.tokenizers import Tokenizer, cached_tokenizer
 from llmlab.errors import DataError
 
+Tag = TypeVar("Tag")  # what travels with a chunk (prepare: its split)
 CHUNK_SIZE = 1 << 20  # ~1 MB of text per task: large enough to amortise IPC, small enough to stream
 POOL_MIN_BYTES = 32 << 20  # below this, starting workers (~0.5 s) costs more than it saves
 
@@ -125,7 +127,7 @@ class ParallelEncoder:
     """Encodes chunks in `workers` processes (in-process when workers == 1), results in order.
 
     At most 2 x workers chunks are in flight, so memory stays bounded whatever the corpus size.
-    Use as a context manager; the pool is reused across `map` calls (one per split).
+    Use as a context manager; the pool is reused across `map` calls.
     """
 
     def __init__(self, tok: Tokenizer, workers: int = 1) -> None:
@@ -142,17 +144,19 @@ class ParallelEncoder:
                 context.set_forkserver_preload([__name__, "tiktoken"])
             self._pool = ProcessPoolExecutor(self.workers, mp_context=context)
 
-    def map(self, chunks: Iterable[list[str | bytes]]) -> Iterator[EncodedChunk]:
+    def map(self, items: Iterable[tuple[Tag, list[str | bytes]]]) -> Iterator[tuple[Tag, EncodedChunk]]:
+        """Encode (tag, documents) items; yields (tag, encoded chunk) in the input's order."""
         if self._pool is None:
-            yield from (encode_documents(self.tok, chunk) for chunk in chunks)
+            yield from ((tag, encode_documents(self.tok, docs)) for tag, docs in items)
             return
-        pending: deque[Future[EncodedChunk]] = deque()
-        for chunk in chunks:
-            pending.append(self._pool.submit(_encode_in_worker, self.tok.spec, self.tok.hash, chunk))
+        pending: deque[tuple[Tag, Future[EncodedChunk]]] = deque()
+        for tag, docs in items:
+            pending.append((tag, self._pool.submit(_encode_in_worker, self.tok.spec, self.tok.hash, docs)))
             if len(pending) >= 2 * self.workers:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
+                first, future = pending.popleft()
+                yield first, future.result()
+        for tag, future in pending:
+            yield tag, future.result()
 
     def close(self) -> None:
         if self._pool is not None:

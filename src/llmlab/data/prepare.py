@@ -15,7 +15,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -145,12 +145,7 @@ def _build(
     started = time.perf_counter()
     try:
         with ParallelEncoder(tok, workers) as encoder, _progress_bar(progress, source.size_hint()) as bar:
-            splits = {}
-            for split in SPLITS:
-                bar.set_description(f"tokenizing {source.name} {split}")
-                splits[split] = _write_split(tmp / split_file(split), source.raw_documents(split), tok, encoder, bar)
-                if splits[split]["documents"] == 0:
-                    raise DataError(f"the {split} split of {source.name} has no documents")
+            splits = _write_splits(tmp, source, tok, encoder, bar)
         meta = {
             "format": FORMAT,
             "dataset": source.name,
@@ -170,18 +165,34 @@ def _build(
     return meta
 
 
-def _write_split(
-    path: Path, docs: Iterable[str | bytes], tok: Tokenizer, encoder: ParallelEncoder, bar: Any
-) -> dict[str, Any]:
-    counts = {"documents": 0, "words": 0, "lines": 0, "bytes": 0}
-    with TokenFileWriter(path, tok.vocab_size) as writer:
-        for chunk in encoder.map(chunk_documents(docs)):
-            writer.write(chunk.tokens)
-            for key in counts:
-                counts[key] += getattr(chunk, key)
+def _tagged_chunks(source: Source) -> Iterator[tuple[str, list[str | bytes]]]:
+    """All splits' chunks in one stream, each tagged with its split: the workers then never
+    sit idle while one split drains and the next one starts."""
+    for split in SPLITS:
+        for chunk in chunk_documents(source.raw_documents(split)):
+            yield split, chunk
+
+
+def _write_splits(tmp: Path, source: Source, tok: Tokenizer, encoder: ParallelEncoder, bar: Any) -> dict[str, Any]:
+    """One token file per split in tmp; returns each split's meta entry."""
+    counts = {split: {"documents": 0, "words": 0, "lines": 0, "bytes": 0} for split in SPLITS}
+    with contextlib.ExitStack() as files:
+        writers: dict[str, TokenFileWriter] = {}
+        for split, chunk in encoder.map(_tagged_chunks(source)):
+            if split not in writers:
+                bar.set_description(f"tokenizing {source.name} {split}")
+                writers[split] = files.enter_context(TokenFileWriter(tmp / split_file(split), tok.vocab_size))
+            writers[split].write(chunk.tokens)
+            for key, value in counts[split].items():
+                counts[split][key] = value + getattr(chunk, key)
             bar.update(chunk.bytes)
-        sha = writer.close()
-    return {"file": path.name, "tokens": writer.count, **counts, "sha256": sha}
+        splits = {}
+        for split in SPLITS:
+            if counts[split]["documents"] == 0:
+                raise DataError(f"the {split} split of {source.name} has no documents")
+            sha = writers[split].close()
+            splits[split] = {"file": split_file(split), "tokens": writers[split].count, **counts[split], "sha256": sha}
+    return splits
 
 
 def _install(tmp: Path, out: Path, names: list[str]) -> None:

@@ -20,7 +20,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from torch import nn
@@ -279,7 +279,7 @@ def _due(step: int, interval: int) -> bool:
     return interval > 0 and step % interval == 0
 
 
-def _diverged(run: Run, result: StepResult) -> None:
+def _diverged(run: Run, result: StepResult) -> NoReturn:
     what = "loss" if not math.isfinite(result.loss) else "gradient norm"
     last = checkpoint.read_manifest(checkpoint.ckpt_dir(run.run_dir))
     kept = f"the last good checkpoint is step {last[-1].step}" if last else "no checkpoint was written yet"
