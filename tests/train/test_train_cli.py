@@ -24,6 +24,16 @@ def test_train_then_eval_json(make_config, tmp_path, capsys):
     assert out["step"] == 6 and out["split"] == "test"
     assert out["loss"] == result["test_loss"] and out["bits_per_byte"] == result["test_bits_per_byte"]
 
+    # generate from the run: its trained weights and its tokenizer; cache on and off agree
+    texts = []
+    for flag in ([], ["--no-kv-cache"]):
+        argv = ["generate", str(tmp_path / "run"), "--prompt", "def f(x):", "--max-new-tokens", "12", "--json"]
+        assert main(argv + flag) == 0
+        gen = json.loads(capsys.readouterr().out)
+        assert gen["text"][0].startswith("def f(x):") and len(gen["new_ids"][0]) == 12
+        texts.append(gen["text"])
+    assert texts[0] == texts[1]
+
 
 def test_user_errors_are_one_line_exit_2(make_config, tmp_path, capsys):
     config = make_config(train={"tokens_per_update": 1000})
