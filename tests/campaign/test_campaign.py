@@ -92,3 +92,10 @@ def test_report_reads_records_in_campaign_order(tmp_path: Path) -> None:
 def test_report_without_runs_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(LLMLabError, match="no finished runs"):
         write_report(tmp_path)
+
+
+def test_shipped_campaigns_plan() -> None:
+    for path in sorted((REPO / "configs/campaigns").glob("*.toml")):
+        campaign = load_campaign(path)
+        assert len(campaign.variants) == 3, path
+        assert len({v.config.data.tokenizer for v in campaign.variants}) == 1  # one tokenizer for all
