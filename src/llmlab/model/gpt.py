@@ -138,7 +138,9 @@ class GPT(nn.Module):
             if block_stats is not None:
                 aux_loss = aux_loss + block_stats["aux_loss"]
                 stats.append(block_stats)
-        logits = self.lm_head(self.norm(x))[..., : self.config.vocab_size]  # (B, T, V)
+        logits = self.lm_head(self.norm(x))  # (B, T, V padded)
+        if self.config.padded_vocab_size != self.config.vocab_size:
+            logits = logits[..., : self.config.vocab_size]  # drop the padding rows' logits
         moe_stats = {k: torch.stack([s[k] for s in stats]) for k in stats[0]} if stats else {}
         return GPTOutput(logits, aux_loss, moe_stats)
 

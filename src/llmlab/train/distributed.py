@@ -96,7 +96,7 @@ def _fully_shard(model: nn.Module, info: DistInfo) -> None:
     from torch.distributed.fsdp import fully_shard
 
     mesh = init_device_mesh(info.device.type, (info.world_size,))
-    # The model returns its logits as a view (padded vocabulary rows sliced off); FSDP2 warns that
+    # With a padded vocabulary the model returns its logits as a view (padding sliced off); FSDP2 warns that
     # an in-place op on it would skip a hook. The loss only reads the logits, so the warning is noise.
     warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
     for module in list(model.modules()):
