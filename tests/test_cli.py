@@ -49,6 +49,8 @@ def test_generate_json_with_and_without_cache(capsys: pytest.CaptureFixture) -> 
     (["generate", "configs/models/tiny.toml", "--prompt-ids", "99999999"], "outside the vocabulary"),
     (["generate", "configs/models/tiny.toml", "--prompt-ids", "1", "--max-new-tokens", "1000"], "exceeds the model's context"),
     (["generate", "configs/models/tiny.toml", "--prompt", "hi"], "--prompt needs a tokenizer"),
+    (["generate", "runs/no-such-run", "--prompt", "hi"], "no such run directory or config file"),
+    (["generate", "configs", "--prompt", "hi"], "not a run directory (no config.toml)"),
 ])
 def test_user_errors_are_one_line_exit_2(args: list[str], message: str) -> None:
     proc = run_cli(*args)

@@ -43,6 +43,8 @@ def load_source(source: str, overrides: list[str], device: str, seed: int, dtype
                 ) -> tuple[GPT, Any]:
     """(model in eval mode, tokenizer or None). A directory = a training run; a file = a config."""
     path = Path(source)
+    if not path.exists():
+        raise ConfigError(f"{source}: no such run directory or config file")
     if path.is_dir():
         from llmlab.train.inference import load_for_inference  # a run knows its tokenizer
 
