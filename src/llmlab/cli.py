@@ -30,6 +30,10 @@ def _add_params(sub: argparse._SubParsersAction) -> None:
     p.add_argument("config", help="a TOML file with a [model] table")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. model.n_kv_heads=4")
     p.add_argument("--seq-len", type=int, default=None, help="context for the attention FLOP term (default: max_seq_len)")
+    p.add_argument("--match", metavar="BASE.toml", help="resize --free so that --key equals BASE's (iso-parameter solver)")
+    p.add_argument("--free", default="n_heads", choices=("n_heads", "d_ff", "n_layers", "moe.d_ff_expert"),
+                   help="the dimension --match may change (default n_heads, at a fixed head_dim)")
+    p.add_argument("--key", default="active_non_embedding", help="the count to match (default active_non_embedding)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_params)
 
@@ -39,6 +43,8 @@ def _cmd_params(args: argparse.Namespace) -> int:
     from llmlab.model.accounting import count
 
     cfg = load_model_config(args.config, args.set)
+    if args.match:
+        return _match_params(cfg, args)
     c = count(cfg, seq_len=args.seq_len)
     if args.json:
         _print_json(c)
@@ -46,6 +52,26 @@ def _cmd_params(args: argparse.Namespace) -> int:
     width = max(len(k) for k in c)
     for key, value in c.items():
         print(f"{key:<{width}}  {value:>16,}")
+    return 0
+
+
+def _match_params(cfg: Any, args: argparse.Namespace) -> int:
+    from llmlab.config import load_model_config
+    from llmlab.errors import ConfigError
+    from llmlab.model.accounting import count, solve_iso_params
+
+    target_counts = count(load_model_config(args.match))
+    if args.key not in target_counts:
+        raise ConfigError(f"--key must be one of {', '.join(target_counts)}; got {args.key!r}")
+    target = target_counts[args.key]
+    solved, c = solve_iso_params(cfg, target, args.free, key=args.key)
+    value = solved.moe.d_ff_expert if args.free == "moe.d_ff_expert" else getattr(solved, args.free)
+    diff = c[args.key] / target - 1
+    if args.json:
+        _print_json({"free": args.free, "value": value, "key": args.key, "target": target,
+                     "relative_diff": diff, "counts": c})
+    else:
+        print(f"--set model.{args.free}={value}: {args.key} {c[args.key]:,} vs {target:,} in {args.match} ({diff:+.2%})")
     return 0
 
 

@@ -13,6 +13,8 @@ Conventions (stated, because papers differ):
 
 from __future__ import annotations
 
+import dataclasses
+
 from llmlab.config import ModelConfig
 from llmlab.model.attention import attention_params
 from llmlab.model.mlp import mlp_params
@@ -67,3 +69,51 @@ def count(cfg: ModelConfig, seq_len: int | None = None, kv_bytes_per_element: in
         "kv_cache_bytes_per_token": 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * kv_bytes_per_element,
         "flops_per_token": 6 * (active + head_matmul) + attn_flops,
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# Iso-parameter solver: resize one free dimension of a variant to match a target count.
+
+FREE_DIMS = ("n_heads", "d_ff", "n_layers", "moe.d_ff_expert")
+
+
+def _with(cfg: ModelConfig, free: str, value: int) -> ModelConfig:
+    if free == "moe.d_ff_expert":
+        return dataclasses.replace(cfg, moe=dataclasses.replace(cfg.moe, d_ff_expert=value))
+    return dataclasses.replace(cfg, **{free: value})
+
+
+def _candidates(cfg: ModelConfig, free: str, multiple_of: int) -> range:
+    if free == "n_heads":  # at a fixed head_dim, keeping n_heads divisible by n_kv_heads
+        return range(cfg.n_kv_heads, 8 * cfg.n_heads + 1, cfg.n_kv_heads)
+    if free == "n_layers":
+        return range(1, 4 * cfg.n_layers + 1)
+    return range(multiple_of, 16 * cfg.d_model + 1, multiple_of)  # d_ff or moe.d_ff_expert
+
+
+def solve_iso_params(cfg: ModelConfig, target: int, free: str, key: str = "active_non_embedding",
+                     tolerance: float = 0.01, multiple_of: int = 8) -> tuple[ModelConfig, dict[str, int]]:
+    """The config, with `free` resized, whose `key` count is closest to `target` (DESIGN.md 3).
+
+    Widths move in steps of `multiple_of` (alignment for fast matmuls). Raises ConfigError when
+    even the best value is more than `tolerance` away, naming the figures."""
+    from llmlab.errors import ConfigError
+
+    if free not in FREE_DIMS:
+        raise ConfigError(f"free dimension must be one of {', '.join(FREE_DIMS)}; got {free!r}")
+    if free == "moe.d_ff_expert" and cfg.moe is None:
+        raise ConfigError("free dimension moe.d_ff_expert needs a [model.moe] table")
+    best: tuple[float, ModelConfig, dict[str, int]] | None = None
+    for value in _candidates(cfg, free, multiple_of):
+        try:
+            candidate = _with(cfg, free, value)
+        except ConfigError:
+            continue  # e.g. grouped MoE alignment
+        c = count(candidate)
+        err = abs(c[key] / target - 1)
+        if best is None or err < best[0]:
+            best = (err, candidate, c)
+    if best is None or best[0] > tolerance:
+        got = f"{best[2][key]:,} ({best[0]:.1%} off)" if best else "no valid value"
+        raise ConfigError(f"no {free} brings {key} within {tolerance:.0%} of {target:,}: best {got}")
+    return best[1], best[2]
