@@ -14,6 +14,7 @@ import torch
 from llmlab.bench.common import median, time_round_robin
 from llmlab.campaign.plan import Campaign, GenerateSpec, Variant
 from llmlab.infer.generate import generate
+from llmlab.infer.run import resolve_dtype
 from llmlab.train import train
 from llmlab.train.inference import load_for_inference
 from llmlab.train.record import write_json
@@ -44,6 +45,7 @@ def measure_generation(run_dir: Path, spec: GenerateSpec, variant: Variant) -> d
     model, tokenizer = load_for_inference(run_dir, device=variant.config.train.device
                                           if variant.config.train.device != "auto" else _auto())
     device = next(model.parameters()).device
+    model = model.to(resolve_dtype("auto", str(device)))  # bf16 weights on CUDA, fp32 on CPU
     prompt = torch.tensor([tokenizer.encode(spec.prompt)], device=device)
     new = min(spec.max_new_tokens, model.config.max_seq_len - prompt.shape[1])
     cases = {
@@ -57,6 +59,7 @@ def measure_generation(run_dir: Path, spec: GenerateSpec, variant: Variant) -> d
         "prompt": spec.prompt, "prompt_tokens": prompt.shape[1], "new_tokens": new,
         "tokens_per_s_kv_cache": cached, "tokens_per_s_no_cache": uncached,
         "kv_cache_speedup": cached / uncached, "device": str(device), "threads": torch.get_num_threads(),
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
         "sample": tokenizer.decode(sample[0].tolist()),
     }
 
