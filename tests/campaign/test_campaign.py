@@ -99,3 +99,58 @@ def test_shipped_campaigns_plan() -> None:
         campaign = load_campaign(path)
         assert len(campaign.variants) == 3, path
         assert len({v.config.data.tokenizer for v in campaign.variants}) == 1  # one tokenizer for all
+
+
+def test_campaign_runs_end_to_end_and_resumes(tmp_path: Path) -> None:
+    """Two tiny variants: train, measure decode, report; a second run retrains nothing."""
+    from llmlab.campaign.run import run_campaign
+
+    path = tmp_path / "mini.toml"
+    path.write_text(f"""
+name = "mini"
+[model]
+vocab_size = 257
+d_model = 32
+n_layers = 1
+n_heads = 2
+head_dim = 16
+d_ff = 64
+max_seq_len = 64
+[data]
+dataset = "pydocs"
+tokenizer = "byte"
+dir = "{tmp_path / 'data'}"
+[train]
+seq_len = 32
+micro_batch_size = 4
+max_steps = 3
+eval_interval = 0
+eval_windows = 2
+ckpt_interval = 0
+log_interval = 1
+warmup = 1
+[generate]
+prompt = "def "
+max_new_tokens = 8
+repeats = 1
+[[variant]]
+name = "mha"
+[[variant]]
+name = "mqa"
+[variant.model]
+n_heads = 3
+n_kv_heads = 1
+""")
+    campaign = load_campaign(path)
+    dirs = run_campaign(campaign, tmp_path / "out")
+    assert [d.name for d in dirs] == ["mha", "mqa"]
+    for d in dirs:
+        infer = json.loads((d / "infer.json").read_text())
+        assert infer["new_tokens"] == 8 and infer["tokens_per_s_kv_cache"] > 0
+        assert infer["sample"].startswith("def ")
+    rows = write_report(tmp_path / "out")["rows"]
+    assert [r["variant"] for r in rows] == ["mha", "mqa"]
+    assert rows[1]["kv_bytes_per_token"] * 2 == rows[0]["kv_bytes_per_token"]
+    mtime = (dirs[0] / "result.json").stat().st_mtime
+    run_campaign(campaign, tmp_path / "out")  # finished variants are not retrained
+    assert (dirs[0] / "result.json").stat().st_mtime == mtime
