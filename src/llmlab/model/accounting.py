@@ -18,6 +18,7 @@ import dataclasses
 from llmlab.config import ModelConfig
 from llmlab.model.attention import attention_params
 from llmlab.model.mlp import mlp_params
+from llmlab.model.moe import moe_params
 
 
 def norm_params(cfg: ModelConfig) -> int:
@@ -28,8 +29,6 @@ def norm_params(cfg: ModelConfig) -> int:
 def ffn_params(cfg: ModelConfig, layer: int) -> tuple[int, int]:
     """(total, active) parameters of layer `layer`'s feed-forward (dense MLP or MoE)."""
     if cfg.is_moe_layer(layer):
-        from llmlab.model.moe import moe_params
-
         return moe_params(cfg.d_model, cfg.moe, cfg.mlp, cfg.bias)
     n = mlp_params(cfg.d_model, cfg.d_ff, cfg.mlp, cfg.bias)
     return n, n

@@ -19,6 +19,7 @@ from llmlab.config import ModelConfig
 from llmlab.model.attention import CausalSelfAttention, rope_cache
 from llmlab.model.kv_cache import KVCache
 from llmlab.model.mlp import MLP
+from llmlab.model.moe import MoE
 from llmlab.model.norm import make_norm
 
 
@@ -40,8 +41,6 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(cfg)
         self.ffn_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.bias)
         if cfg.is_moe_layer(layer):
-            from llmlab.model.moe import MoE
-
             self.ffn: nn.Module = MoE(cfg.d_model, cfg.moe, cfg.mlp, cfg.bias)
         else:
             self.ffn = MLP(cfg.d_model, cfg.d_ff, cfg.mlp, cfg.bias)
