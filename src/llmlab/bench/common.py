@@ -11,10 +11,7 @@ from typing import Any, Callable
 
 import torch
 
-
-def sync(device: torch.device | str) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
+from llmlab.infer.run import sync
 
 
 def time_fn(fn: Callable[[], Any], device: torch.device | str = "cpu", repeats: int = 3, warmup: int = 1

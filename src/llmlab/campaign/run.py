@@ -42,8 +42,7 @@ def run_campaign(campaign: Campaign, out_dir: str | Path) -> list[Path]:
 
 def measure_generation(run_dir: Path, spec: GenerateSpec, variant: Variant) -> dict[str, Any]:
     """Decode tokens/s with and without the cache (interleaved repeats, greedy), and a sample."""
-    model, tokenizer = load_for_inference(run_dir, device=variant.config.train.device
-                                          if variant.config.train.device != "auto" else _auto())
+    model, tokenizer = load_for_inference(run_dir, device=variant.config.train.device)
     device = next(model.parameters()).device
     model = model.to(resolve_dtype("auto", str(device)))  # bf16 weights on CUDA, fp32 on CPU
     prompt = torch.tensor([tokenizer.encode(spec.prompt)], device=device)
@@ -80,7 +79,3 @@ def _completed(run_dir: Path) -> bool:
 
 def _dirname(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
-
-
-def _auto() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -64,10 +64,10 @@ def timed_generate(model: GPT, prompt: torch.Tensor, max_new_tokens: int, *, use
                   decode_fn=decode_fn)
     if compile:
         generate(model, prompt, max_new_tokens, **kwargs)
-    _sync(prompt.device)
+    sync(prompt.device)
     t0 = time.perf_counter()
     out = generate(model, prompt, max_new_tokens, **kwargs)
-    _sync(prompt.device)
+    sync(prompt.device)
     return out, time.perf_counter() - t0
 
 
@@ -101,6 +101,7 @@ def generate_from_source(source: str, *, prompt: str | None, prompt_ids: str | N
     return result
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
+def sync(device: torch.device | str) -> None:
+    """Wait for the device's queued work, so that a clock read after it measures the work."""
+    if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)

@@ -40,11 +40,11 @@ class Block(nn.Module):
         self.attn_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.bias)
         self.attn = CausalSelfAttention(cfg)
         self.ffn_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.bias)
-        if cfg.is_moe_layer(layer):
+        self.is_moe = cfg.is_moe_layer(layer)
+        if self.is_moe:
             self.ffn: nn.Module = MoE(cfg.d_model, cfg.moe, cfg.mlp, cfg.bias)
         else:
             self.ffn = MLP(cfg.d_model, cfg.d_ff, cfg.mlp, cfg.bias)
-        self.is_moe = cfg.is_moe_layer(layer)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
