@@ -84,7 +84,9 @@ class GPT(nn.Module):
             cos, sin = rope_cache(cfg.max_seq_len, cfg.head_dim, cfg.rope_theta)
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
-        self.register_buffer("causal_mask", None, persistent=False)  # (S, S) bool, by setup_kv_cache
+        # Key positions 0..S-1 of the cache, by setup_kv_cache: the mask row of a query at position p
+        # is key_pos <= p, built per call, so no (S, S) mask sits in memory beside the KV cache.
+        self.register_buffer("causal_mask", None, persistent=False)  # (S,) int64
 
     # -- initialisation ---------------------------------------------------------------------
 
@@ -129,7 +131,7 @@ class GPT(nn.Module):
         rope = (self.rope_cos[pos], self.rope_sin[pos]) if self.config.pos == "rope" else None
         mask = None
         if self.causal_mask is not None and input_pos is not None:
-            mask = self.causal_mask[input_pos]  # (T, S): query at position p sees keys 0..p
+            mask = self.causal_mask[None, :] <= input_pos[:, None]  # (T, S): query at p sees keys 0..p
         aux_loss = x.new_zeros((), dtype=torch.float32)
         stats: list[dict[str, torch.Tensor]] = []
         for block in self.blocks:
@@ -156,7 +158,7 @@ class GPT(nn.Module):
         dtype = dtype or ref.dtype
         for block in self.blocks:
             block.attn.kv_cache = KVCache(batch_size, cfg.n_kv_heads, S, cfg.head_dim, dtype, ref.device)
-        self.causal_mask = torch.ones(S, S, dtype=torch.bool, device=ref.device).tril()
+        self.causal_mask = torch.arange(S, device=ref.device)
 
     def clear_kv_cache(self) -> None:
         """Free the caches; forward then runs without one (training never touches the cache)."""
