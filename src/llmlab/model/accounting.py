@@ -14,6 +14,7 @@ Conventions (stated, because papers differ):
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from llmlab.config import ModelConfig
 from llmlab.model.attention import attention_params
@@ -116,3 +117,83 @@ def solve_iso_params(cfg: ModelConfig, target: int, free: str, key: str = "activ
         got = f"{best[2][key]:,} ({best[0]:.1%} off)" if best else "no valid value"
         raise ConfigError(f"no {free} brings {key} within {tolerance:.0%} of {target:,}: best {got}")
     return best[1], best[2]
+
+
+# ---------------------------------------------------------------------------------------------
+# Inference memory: what must sit in memory to decode `batch` sequences at `context` tokens.
+#
+# weights      every parameter (padded vocabulary rows included, tied head counted once)
+# buffers      RoPE cos/sin tables (max_seq_len x head_dim/2 each, in the weights' dtype) and the
+#              cache's key positions (int64), from which each step builds its mask row
+# kv_cache     batch x context x kv_cache_bytes_per_token: 2 (K, V) x n_layers x n_kv_heads x
+#              head_dim x bytes (Ainslie et al. 2023: this is the term GQA divides by H / Hkv)
+# activations  a bound on one decode step's transient tensors per sequence (no_grad: a layer's
+#              tensors are freed before the next): the residual, norm, attention and FFN outputs
+#              (4 D), the FFN hidden tensors (gate, up, product: 3 x width), q/k/v and their
+#              rotated copies (2 (H + 2 Hkv) hd), all in the weights' dtype; plus fp32 attention
+#              scores over the cache (H x context, the math path's; SDPA kernels need less) and
+#              fp32 logits over the padded vocabulary. Prefill is assumed chunked to decode-sized
+#              pieces: a one-shot prefill of `context` tokens needs more.
+
+
+def ffn_rows_per_token(cfg: ModelConfig) -> int:
+    """Widest FFN hidden width one token occupies in a decode step, over the layers. MoE: the
+    top_k experts it is routed to, except `capacity` dispatch, which computes every (E, C) slot:
+    C = N without a capacity factor (all E x N slots, dropless), ceil(cf k N / E) with one."""
+    widest = cfg.d_ff if any(not cfg.is_moe_layer(i) for i in range(cfg.n_layers)) else 0
+    if cfg.moe is None:
+        return widest
+    moe = cfg.moe
+    if moe.dispatch == "capacity":
+        slots = moe.n_experts if moe.capacity_factor is None else math.ceil(moe.capacity_factor * moe.top_k)
+    else:
+        slots = moe.top_k
+    return max(widest, (slots + moe.n_shared_experts) * moe.d_ff_expert)
+
+
+def decode_activation_bytes(cfg: ModelConfig, context: int, dtype_bytes: int) -> int:
+    """Bound on one decode step's transient bytes for one sequence (see the table above)."""
+    D, hd = cfg.d_model, cfg.head_dim
+    in_dtype = 4 * D + 3 * ffn_rows_per_token(cfg) + 2 * (cfg.n_heads + 2 * cfg.n_kv_heads) * hd
+    fp32 = cfg.n_heads * context + cfg.padded_vocab_size
+    return in_dtype * dtype_bytes + 4 * fp32
+
+
+def inference_memory(cfg: ModelConfig, batch: int, context: int, dtype_bytes: int = 2) -> dict[str, int]:
+    """Bytes to decode `batch` sequences with a KV cache of `context` positions (dtype_bytes: 2 for
+    bf16, 4 for fp32): weights + buffers + kv_cache + activations = total."""
+    kv_per_token = 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * dtype_bytes
+    rope = cfg.max_seq_len * cfg.head_dim * dtype_bytes if cfg.pos == "rope" else 0  # cos + sin
+    out = {
+        "weights": count(cfg)["total"] * dtype_bytes,
+        "buffers": rope + 8 * context,
+        "kv_cache": batch * context * kv_per_token,
+        "activations": batch * decode_activation_bytes(cfg, context, dtype_bytes),
+    }
+    out["total"] = sum(out.values())
+    return out
+
+
+def max_fit(cfg: ModelConfig, budget_bytes: int, *, context: int | None = None, batch: int | None = None,
+            dtype_bytes: int = 2) -> int:
+    """The largest batch (at `context`) or the longest context (at `batch`) whose inference_memory
+    fits budget_bytes; 0 when not even 1 fits. Memory grows monotonically in both, so a doubling
+    then bisection search finds the boundary exactly. The context is not capped at max_seq_len:
+    past it the figure says what memory alone would allow."""
+    if (context is None) == (batch is None):
+        raise ValueError("give exactly one of context (to find the batch) or batch (to find the context)")
+
+    def fits(n: int) -> bool:
+        b, s = (n, context) if batch is None else (batch, n)
+        return inference_memory(cfg, b, s, dtype_bytes)["total"] <= budget_bytes
+
+    if not fits(1):
+        return 0
+    hi = 2
+    while fits(hi):
+        hi *= 2
+    lo = hi // 2  # fits(lo) and not fits(hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
