@@ -1,5 +1,6 @@
-"""Inference: prefill / decode with or without the static KV cache."""
+"""Inference: prefill / decode with or without the static KV cache, eager or compiled, and its
+measurement (`llmlab.infer.measure`)."""
 
-from llmlab.infer.generate import decode_step, generate, prefill, sample
+from llmlab.infer.generate import GenerationTimes, decode_step, generate, generate_timed, prefill, sample
 
-__all__ = ["generate", "decode_step", "prefill", "sample"]
+__all__ = ["generate", "generate_timed", "GenerationTimes", "decode_step", "prefill", "sample"]

@@ -2,13 +2,20 @@
 
 With the KV cache, prefill writes the prompt's keys/values once and each decode step feeds only
 the newest token (input_pos = its position): O(T) work per token instead of O(T^2), and the step has
-the same shapes at every position, so `torch.compile` builds it once (compile `decode_step`).
-Without the cache, every step re-runs the model on the whole sequence (the baseline the cache is
-measured against).
+the same shapes at every position, so `torch.compile` builds it once (`compile=True`, see
+`llmlab.infer.compiled`). Without the cache, every step re-runs the model on the whole sequence (the
+baseline the cache is measured against) -- but, like the cached path, computes the output head for
+the last position only: equal work but for what the cache saves.
+
+Prefill (the prompt's forward and the first token: time to first token) and decode (every later
+token) are timed apart by `generate_timed`.
 """
 
 from __future__ import annotations
 
+import math
+import time
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -17,6 +24,14 @@ from llmlab.errors import ConfigError
 from llmlab.model import GPT
 
 DecodeFn = Callable[[GPT, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def check_sampling(temperature: float, top_k: int | None) -> None:
+    """Reject sampling arguments that would silently mean something else."""
+    if not math.isfinite(temperature) or temperature < 0.0:
+        raise ConfigError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ConfigError(f"top_k must be an integer >= 1 (or None: the whole vocabulary), got {top_k!r}")
 
 
 def sample(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = None,
@@ -34,13 +49,13 @@ def sample(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = N
 
 def decode_step(model: GPT, token: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
     """One cached step: token (B, 1) at position input_pos (1,) -> logits (B, V). Compile this."""
-    return model(token, input_pos=input_pos).logits[:, -1]
+    return model(token, input_pos=input_pos, logits_to_keep=1).logits[:, -1]
 
 
 def prefill(model: GPT, idx: torch.Tensor) -> torch.Tensor:
     """Write the prompt (B, T) into the cache; return the last position's logits (B, V)."""
     input_pos = torch.arange(idx.shape[1], device=idx.device)
-    return model(idx, input_pos=input_pos).logits[:, -1]
+    return model(idx, input_pos=input_pos, logits_to_keep=1).logits[:, -1]
 
 
 def check_lengths(model: GPT, idx: torch.Tensor, max_new_tokens: int) -> None:
@@ -56,42 +71,104 @@ def check_lengths(model: GPT, idx: torch.Tensor, max_new_tokens: int) -> None:
         )
 
 
+@dataclass
+class GenerationTimes:
+    """Wall-clock seconds of one `generate_timed` call, device-synchronised at each boundary."""
+
+    prefill_s: float
+    """The prompt's forward and the first new token: time to first token."""
+    decode_s: float
+    """The remaining max_new_tokens - 1 tokens of each sequence."""
+    decode_tokens: int
+    """Tokens produced in decode_s: (max_new_tokens - 1) x batch."""
+    compile_s: float | None = None
+    """Compiling the decode step for this (batch, cache length), when this call did it (else None)."""
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        return self.decode_tokens / self.decode_s if self.decode_s > 0 else float("nan")
+
+
 @torch.no_grad()
 def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, use_kv_cache: bool = True,
              temperature: float = 0.0, top_k: int | None = None, seed: int | None = None,
-             decode_fn: DecodeFn = decode_step) -> torch.Tensor:
+             decode_fn: DecodeFn | None = None, compile: bool = False) -> torch.Tensor:
     """Extend idx (B, T) by max_new_tokens; returns (B, T + max_new_tokens).
 
-    seed fixes sampling (a private generator, so global RNG state is untouched). decode_fn lets
-    the caller pass a compiled `decode_step`. The cache is set up for this call and cleared after.
+    seed fixes sampling (a private generator, so global RNG state is untouched). compile=True runs
+    the decode step through `torch.compile` (compiled once per model, batch and cache length, and
+    reused; see `llmlab.infer.compiled`); decode_fn lets a caller pass its own step instead.
+    The cache is set up for this call and cleared after.
     """
+    return generate_timed(model, idx, max_new_tokens, use_kv_cache=use_kv_cache, temperature=temperature,
+                          top_k=top_k, seed=seed, decode_fn=decode_fn, compile=compile)[0]
+
+
+@torch.no_grad()
+def generate_timed(model: GPT, idx: torch.Tensor, max_new_tokens: int, use_kv_cache: bool = True,
+                   temperature: float = 0.0, top_k: int | None = None, seed: int | None = None,
+                   decode_fn: DecodeFn | None = None, compile: bool = False
+                   ) -> tuple[torch.Tensor, GenerationTimes]:
+    """`generate`, returning also its prefill / decode / compile seconds (see GenerationTimes)."""
     check_lengths(model, idx, max_new_tokens)
+    check_sampling(temperature, top_k)
+    if compile and (decode_fn is not None or not use_kv_cache):
+        raise ConfigError("compile=True compiles the cached decode step: it needs use_kv_cache=True and no decode_fn")
     generator = None
     if seed is not None:
         generator = torch.Generator(device=idx.device).manual_seed(seed)
+    pick = lambda logits: sample(logits, temperature, top_k, generator)  # noqa: E731
     if not use_kv_cache:
-        return _generate_uncached(model, idx, max_new_tokens, temperature, top_k, generator)
+        return _generate_uncached(model, idx, max_new_tokens, pick)
     B, T = idx.shape
     model.setup_kv_cache(B, T + max_new_tokens)
     try:
-        out = torch.empty(B, T + max_new_tokens, dtype=idx.dtype, device=idx.device)
-        out[:, :T] = idx
-        if max_new_tokens == 0:
-            return out
-        token = sample(prefill(model, idx), temperature, top_k, generator)
-        out[:, T : T + 1] = token
-        for pos in range(T, T + max_new_tokens - 1):
-            input_pos = torch.tensor([pos], device=idx.device)
-            token = sample(decode_fn(model, token, input_pos), temperature, top_k, generator)
-            out[:, pos + 1 : pos + 2] = token
-        return out
+        compile_s = None
+        if compile:
+            from llmlab.infer.compiled import compiled_decode_step  # compiled imports this module
+
+            decode_fn, compile_s = compiled_decode_step(model, B, T + max_new_tokens, warm_pos=T)
+        return _generate_cached(model, idx, max_new_tokens, pick, decode_fn or decode_step, compile_s)
     finally:
         model.clear_kv_cache()
 
 
-def _generate_uncached(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: float,
-                       top_k: int | None, generator: torch.Generator | None) -> torch.Tensor:
+def _generate_cached(model: GPT, idx: torch.Tensor, max_new_tokens: int,
+                     pick: Callable[[torch.Tensor], torch.Tensor], decode_fn: DecodeFn,
+                     compile_s: float | None) -> tuple[torch.Tensor, GenerationTimes]:
+    T, device = idx.shape[1], idx.device
+    tokens = [idx]
+    t0 = _clock(device)
+    if max_new_tokens > 0:
+        tokens.append(pick(prefill(model, idx)))
+    t1 = _clock(device)
+    # One position tensor, advanced in place: no per-step allocation, and the same input to a
+    # compiled step at every position.
+    input_pos = torch.tensor([T], device=device)
+    for _ in range(max_new_tokens - 1):
+        tokens.append(pick(decode_fn(model, tokens[-1], input_pos)))
+        input_pos += 1
+    t2 = _clock(device)
+    times = GenerationTimes(t1 - t0, t2 - t1, max(max_new_tokens - 1, 0) * idx.shape[0], compile_s)
+    return torch.cat(tokens, dim=1), times
+
+
+def _generate_uncached(model: GPT, idx: torch.Tensor, max_new_tokens: int,
+                       pick: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, GenerationTimes]:
+    stamps = [_clock(idx.device)]
     for _ in range(max_new_tokens):
-        logits = model(idx).logits[:, -1]  # the whole prefix, every step
-        idx = torch.cat([idx, sample(logits, temperature, top_k, generator)], dim=1)
-    return idx
+        logits = model(idx, logits_to_keep=1).logits[:, -1]  # the whole prefix, the head on one position
+        idx = torch.cat([idx, pick(logits)], dim=1)
+        if len(stamps) == 1:
+            stamps.append(_clock(idx.device))  # after the first token: prefill
+    stamps += [_clock(idx.device)] * (3 - len(stamps))
+    times = GenerationTimes(stamps[1] - stamps[0], stamps[2] - stamps[1],
+                            max(max_new_tokens - 1, 0) * idx.shape[0])
+    return idx, times
+
+
+def _clock(device: torch.device) -> float:
+    """perf_counter after the device's queued work (timing boundaries only, never per token)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()

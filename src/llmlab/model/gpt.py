@@ -119,9 +119,13 @@ class GPT(nn.Module):
 
     # -- forward ----------------------------------------------------------------------------
 
-    def forward(self, idx: torch.Tensor, input_pos: torch.Tensor | None = None) -> GPTOutput:
+    def forward(self, idx: torch.Tensor, input_pos: torch.Tensor | None = None,
+                logits_to_keep: int = 0) -> GPTOutput:
         """idx (B, T) token ids. input_pos (T,) = their positions; required with a KV cache
-        (prefill: arange(T); decode: the current position), else positions are 0..T-1."""
+        (prefill: arange(T); decode: the current position), else positions are 0..T-1.
+        logits_to_keep = n > 0: the final norm and output head run on the last n positions only
+        (logits (B, n, V)); generation needs only the last one, and the head is the largest matmul
+        at a small width (HF's argument of the same name). 0 = every position."""
         B, T = idx.shape
         pos = input_pos if input_pos is not None else torch.arange(T, device=idx.device)
         x = self.tok_emb(idx)  # (B, T, D)
@@ -139,7 +143,9 @@ class GPT(nn.Module):
             if block_stats is not None:
                 aux_loss = aux_loss + block_stats["aux_loss"]
                 stats.append(block_stats)
-        logits = self.lm_head(self.norm(x))  # (B, T, V padded)
+        if logits_to_keep > 0:
+            x = x[:, -logits_to_keep:]  # (B, n, D)
+        logits = self.lm_head(self.norm(x))  # (B, T or n, V padded)
         if self.config.padded_vocab_size != self.config.vocab_size:
             logits = logits[..., : self.config.vocab_size]  # drop the padding rows' logits
         moe_stats = {k: torch.stack([s[k] for s in stats]) for k in stats[0]} if stats else {}
