@@ -177,6 +177,9 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir")
     p.add_argument("--split", choices=("val", "test"), default="val",
                    help="val: the fixed validation windows (train.eval_windows); test: the whole split")
+    p.add_argument("--stride", type=int, default=None, metavar="N",
+                   help="sliding windows every N tokens, each scoring its last N (at least seq_len - N tokens"
+                        " of context, as WikiText perplexities are reported); default: the run's train.eval_stride")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_eval)
@@ -185,7 +188,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from llmlab.train import evaluate_run
 
-    out = evaluate_run(args.run_dir, split=args.split, device=args.device)
+    out = evaluate_run(args.run_dir, split=args.split, device=args.device, stride=args.stride)
     if args.json:
         _print_json(out)
         return 0
@@ -291,26 +294,60 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("plan", help="show a campaign's variants, parameters and budget; check the match")
     p.add_argument("campaign", help="a campaign TOML (configs/campaigns/*.toml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every variant")
+    _add_memory_gb(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_plan)
 
 
+def _add_memory_gb(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--memory-gb", type=float, default=None, metavar="GIB",
+                   help="memory budget for the what-fits figures (default: the device's memory, or this machine's RAM)")
+
+
 def _cmd_plan(args: argparse.Namespace) -> int:
     from llmlab.bench.common import print_table
+    from llmlab.campaign.memory import MEMORY_COLUMNS, campaign_memory
     from llmlab.campaign.plan import load_campaign, plan_rows
 
     campaign = load_campaign(args.campaign, args.set)
     rows = plan_rows(campaign)
+    first = campaign.variants[0].config
+    memory, budget = campaign_memory([(v.name, v.config.model, v.ablation) for v in campaign.variants],
+                                     first.train.seq_len, first.train.device, args.memory_gb)
+    advice = _dispatch_advice(campaign)
     if args.json:
-        _print_json({"campaign": campaign.name, "match": campaign.match, "variants": rows})
+        _print_json({"campaign": campaign.name, "match": campaign.match, "variants": rows,
+                     "memory_budget": budget, "memory": memory, "dispatch_advice": advice})
         return 0
-    print(f"campaign {campaign.name}: {campaign.match} equal within {campaign.tolerance:.0%}")
-    print_table(rows, [("variant", "variant", ""), ("heads", "q/kv heads", ""), ("moe", "experts", ""),
-                       ("total", "total", ",d"), ("active_non_embedding", "active non-emb", ",d"),
-                       ("vs_first", "vs first", ".4f"), ("kv_bytes_per_token", "KV B/token", ",d"),
-                       ("flops_per_token", "FLOPs/token", ",d"), ("tokens", "train tokens", ",d"),
-                       ("dataset", "data", ""), ("tokenizer", "tokenizer", "")])
+    print(f"campaign {campaign.name}: {campaign.match} equal within {campaign.tolerance:.0%} "
+          "(ablations exempt: they isolate one change and are not iso-parameter)")
+    print_table(rows, [("variant", "variant", ""), ("role", "kind", ""), ("heads", "q/kv heads", ""),
+                       ("moe", "experts", ""), ("total", "total", ",d"),
+                       ("active_non_embedding", "active non-emb", ",d"), ("vs_first", "vs first", ".4f"),
+                       ("flops_per_token", "FLOPs/token", ",d")])
+    print_table(rows, [("variant", "variant", ""), ("tokens", "train tokens", ",d"), ("steps", "updates", ",d"),
+                       ("dataset", "data", ""), ("tokenizer", "tokenizer", ""), ("differs", "ablation overrides", "")])
+    print(f"\n{budget}")
+    print_table(memory, MEMORY_COLUMNS)
+    for name, message in advice.items():
+        print(f"{name}: {message}")
     return 0
+
+
+def _dispatch_advice(campaign: Any) -> dict[str, str]:
+    """llmlab.model.moe.dispatch_advice's message for each MoE variant, on its training device."""
+    from llmlab.device import resolve_device
+    from llmlab.model import moe
+
+    out: dict[str, str] = {}
+    if not hasattr(moe, "dispatch_advice"):  # TODO(issue 8 item 5): lands with the MoE dispatch work
+        return out
+    for v in campaign.variants:
+        if v.config.model.moe is not None:
+            message = moe.dispatch_advice(v.config.model.moe, resolve_device(v.config.train.device))
+            if message:
+                out[v.name] = message
+    return out
 
 
 def _add_campaign(sub: argparse._SubParsersAction) -> None:
@@ -318,6 +355,12 @@ def _add_campaign(sub: argparse._SubParsersAction) -> None:
     p.add_argument("campaign", help="a campaign TOML (configs/campaigns/*.toml)")
     p.add_argument("--out", default=None, help="output folder (default: runs/<campaign name>)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every variant")
+    p.add_argument("--retrain", action="append", default=[], metavar="VARIANT",
+                   help="delete this variant's run directory and train it again (repeatable); needed when its"
+                        " record was made under another config")
+    p.add_argument("--remeasure", action="store_true",
+                   help="time the decode sweep again even where infer.json holds the same measurement")
+    _add_memory_gb(p)
     p.set_defaults(func=_cmd_campaign)
 
 
@@ -328,8 +371,8 @@ def _cmd_campaign(args: argparse.Namespace) -> int:
 
     campaign = load_campaign(args.campaign, args.set)
     out = args.out or f"runs/{campaign.name}"
-    run_campaign(campaign, out)
-    report = write_report(out)
+    run_campaign(campaign, out, retrain=args.retrain, remeasure=args.remeasure)
+    report = write_report(out, memory_gb=args.memory_gb)
     print("\n" + report["markdown"])
     print("written: " + ", ".join(report["files"]))
     return 0
@@ -338,6 +381,7 @@ def _cmd_campaign(args: argparse.Namespace) -> int:
 def _add_report(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="compare finished runs: markdown table, CSV, loss plot")
     p.add_argument("dir", help="a campaign output folder (or any folder of run directories)")
+    _add_memory_gb(p)
     p.add_argument("--json", action="store_true", help="print the rows as one JSON object")
     p.set_defaults(func=_cmd_report)
 
@@ -345,7 +389,7 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 def _cmd_report(args: argparse.Namespace) -> int:
     from llmlab.campaign.report import write_report
 
-    report = write_report(args.dir)
+    report = write_report(args.dir, memory_gb=args.memory_gb)
     if args.json:
         _print_json({"rows": report["rows"], "files": report["files"]})
     else:
@@ -394,10 +438,40 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# export
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="write a trained run as a folder Hugging Face transformers loads")
+    p.add_argument("run_dir", help="a run directory (its newest good checkpoint is exported)")
+    p.add_argument("--format", default="hf", choices=("hf",),
+                   help="hf: Llama (dense, GQA; Mistral when d_model %% n_heads != 0) or Mixtral (MoE) layout")
+    p.add_argument("--out", required=True, help="a new (or empty) folder")
+    p.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.set_defaults(func=_cmd_export)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from llmlab.export import export_run
+
+    out = export_run(args.run_dir, args.out, fmt=args.format, force=args.force)
+    for note in out["notes"]:
+        print(f"llmlab: note: {note}", file=sys.stderr)
+    if args.json:
+        _print_json(out)
+    else:
+        print(f"wrote {out['out']}: {out['architecture']}, step {out['step']}, tokenizer {out['tokenizer']} "
+              f"({', '.join(out['files'])})")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_prepare, _add_tokenizer, _add_params, _add_generate, _add_train, _add_eval,
     _add_compile_check, _add_plan, _add_campaign, _add_report, _add_demo, _add_bench,
+    _add_export,
 ]
 
 
