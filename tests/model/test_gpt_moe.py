@@ -81,3 +81,24 @@ def test_moe_capacity_model_compiles_fullgraph_forward_backward() -> None:
         loss = torch.nn.functional.cross_entropy(out.logits.flatten(0, 1), idx.flatten()) + out.aux_loss
         loss.backward()
     assert counter.frame_count == 1
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_capacity_dispatch_is_causal(seed: int) -> None:
+    """Under `capacity` with capacity_factor 1.0 (tokens are dropped), changing only the tokens at
+    positions >= t leaves every logit at positions < t unchanged: a later token never takes an
+    expert slot from an earlier one."""
+    cfg = moe_cfg("capacity", capacity_factor=1.0)
+    cfg.n_layers = 2
+    torch.manual_seed(seed)
+    model = GPT(cfg).eval()
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, 97, (4, 32), generator=gen)
+    with torch.no_grad():
+        out = model(idx)
+        assert (out.moe_stats["dropped_frac"] > 0).all()  # the capacity binds in both layers
+        for t in (1, 8, 16, 31):
+            changed = idx.clone()
+            changed[:, t:] = torch.randint(0, 97, changed[:, t:].shape, generator=gen)
+            assert_close(model(changed).logits[:, :t], out.logits[:, :t], atol=1e-6, rtol=1e-6,
+                         msg=lambda m: f"t={t}: {m}")

@@ -202,21 +202,29 @@ def test_combine_gradients() -> None:
 # -- capacity: drops ------------------------------------------------------------------------------
 
 # Hand-made routing of 8 tokens (4 experts, top-2). With capacity_factor 0.5, C = ceil(0.5*2*8/4) = 2.
-# Each expert serves first choices in token order, then second choices in token order:
-#   expert 0: first 0 1 2 | second 4 6 -> keeps first 0, 1; drops first 2, second 4, 6   (3 drops)
-#   expert 1: first 3 4   | second 0 1 -> keeps first 3, 4; drops second 0, 1           (2 drops)
-#   expert 2: first 5     | second 2 3 7 -> keeps first 5, second 2; drops second 3, 7  (2 drops)
-#   expert 3: first 6 7   | second 5   -> keeps first 6, 7; drops second 5              (1 drop)
+# Causal priority: position t, then batch row b, then choice k. As one row of 8 (B = 1), each
+# expert serves its assignments in token order, a token's first choice before its second:
+#   expert 0: 0a 1a 2a 4b 6b -> keeps 0a 1a; drops 2a 4b 6b      (a = first choice, b = second)
+#   expert 1: 0b 1b 3a 4a    -> keeps 0b 1b; drops 3a 4a
+#   expert 2: 2b 3b 5a 7b    -> keeps 2b 3b; drops 5a 7b
+#   expert 3: 5b 6a 7a       -> keeps 5b 6a; drops 7a               8 of 16 dropped
+# As two rows of 4 (B = 2: tokens 0-3 and 4-7), position 0 of both rows comes first (0, 4, 1, 5, ...):
+#   expert 0: 0a 4b 1a 2a 6b -> keeps 0a 4b;    expert 1: 0b 4a 1b 3a -> keeps 0b 4a
+#   expert 2: 5a 2b 3b 7b    -> keeps 5a 2b;    expert 3: 5b 6a 7a    -> keeps 5b 6a   (8 dropped)
 FIRST = [0, 0, 0, 1, 1, 2, 3, 3]
 SECOND = [1, 1, 2, 2, 0, 3, 0, 2]
-KEPT_FIRST = [1, 1, 0, 1, 1, 1, 1, 1]
-KEPT_SECOND = [0, 0, 1, 0, 0, 0, 0, 0]
+KEPT = {  # batch rows: (kept first choices, kept second choices), by token
+    1: ([1, 1, 0, 0, 0, 0, 1, 0], [1, 1, 1, 1, 0, 1, 0, 0]),
+    2: ([1, 0, 0, 0, 1, 1, 1, 0], [1, 0, 1, 0, 1, 1, 0, 0]),
+}
 
 
-def test_dropped_fraction_equals_hand_count() -> None:
+@pytest.mark.parametrize("rows", [1, 2])
+def test_dropped_fraction_equals_hand_count(rows: int) -> None:
     moe, x = fixed_routing_moe("capacity", FIRST, SECOND, capacity_factor=0.5)
+    x = x.view(rows, 8 // rows, 8)
     assert moe.capacity(8) == 2
-    kept_NK = torch.tensor([KEPT_FIRST, KEPT_SECOND]).t().bool()
+    kept_NK = torch.tensor(KEPT[rows]).t().bool()
     y, stats = moe(x)
     assert stats["dropped_frac"].item() == 8 / 16
     assert_close(stats["load"], torch.tensor([5, 4, 4, 3]) / 16)  # load counts before drops

@@ -202,12 +202,12 @@ def phase_cases(moe: MoE, n_tokens: int, device: torch.device, dtype: torch.dtyp
         x_RD = None
     else:
         cdt = compute_dtype(x_ND)
-        token_R, weight_R, linear = moe.plan(route, n_tokens, cdt)
+        token_R, weight_R, linear = moe.plan(route, (1, n_tokens), cdt)
         x_RD = x_ND.detach().index_select(0, token_R).requires_grad_()
         with torch.no_grad():
             y_RD = moe.experts(x_RD, linear)
         middle = {
-            "sort + gather": lambda: x_ND.index_select(0, moe.plan(route, n_tokens, cdt).token_R),
+            "sort + gather": lambda: x_ND.index_select(0, moe.plan(route, (1, n_tokens), cdt).token_R),
             "expert matmuls": lambda: moe.experts(x_RD, linear),
         }
     y_RD = y_RD.detach().requires_grad_()

@@ -13,9 +13,14 @@ compute the same function when nothing is dropped (tests/model/test_moe.py check
 - `capacity`: Switch/GShard fixed buffers (E, C, D) and `bmm`. An expert takes at most
   C = ceil(capacity_factor * top_k * N / E) assignments; the overflow is dropped (MoE output zero for
   that slot, so the residual stream carries the token) and counted. Compiles in any dtype.
-  Drop priority: first choices before second choices (GShard, Lepikhin et al. 2020, sec. 2.2), and
-  within one choice rank in token order over the flattened (B, T) batch, so when an expert
-  overflows the latest tokens of the batch lose it first.
+  Drop priority is causal: assignments rank by position t first, then batch row b, then choice k
+  (all of a token's choices before any later token's, across the batch). An assignment at
+  position t is kept iff fewer than C assignments at positions <= t reached its expert before it,
+  so changing tokens at positions >= t never changes what is kept (or which buffer slot it takes)
+  at positions < t: the future cannot change the past in a causal LM. (GShard's "first choices
+  before second choices" over the flattened batch, Lepikhin et al. 2020 sec. 2.2, lets a later
+  token's first choice evict an earlier token's second choice; Switch uses top-1, where the two
+  agree.) When an expert overflows, the latest positions of the batch lose it.
 
 All three share the router, the expert MLP formula (`MoE.experts`, given a per-layout `linear`)
 and the combine; nothing in `forward` calls `.item()` and the grouped and capacity paths have no
@@ -129,7 +134,7 @@ class MoE(nn.Module):
         if self.cfg.dispatch == "loop":
             y_RD, token_R, weight_R = self.loop_experts(x_ND, route)
         else:
-            token_R, weight_R, linear = self.plan(route, B * T, compute_dtype(x_ND))
+            token_R, weight_R, linear = self.plan(route, (B, T), compute_dtype(x_ND))
             y_RD = self.experts(x_ND.index_select(0, token_R), linear)
         y_ND = combine(y_RD, token_R, weight_R, B * T)
         if self.shared is not None:
@@ -207,8 +212,10 @@ class MoE(nn.Module):
             weights.append(route.weights_A[a_M])
         return torch.cat(ys), torch.cat(tokens), torch.cat(weights)
 
-    def plan(self, route: Routing, n_tokens: int, dtype: torch.dtype) -> Plan:
-        """Row layout of the grouped or capacity dispatch: index arithmetic only, no float work."""
+    def plan(self, route: Routing, batch: tuple[int, int], dtype: torch.dtype) -> Plan:
+        """Row layout of the grouped or capacity dispatch for a (B, T) batch: index arithmetic only,
+        no float work."""
+        n_tokens = batch[0] * batch[1]
         if self.cfg.dispatch == "grouped":
             if torch.compiler.is_compiling() and dtype != torch.bfloat16:
                 raise ConfigError(
@@ -216,7 +223,7 @@ class MoE(nn.Module):
                     "train in bf16 (autocast), or use dispatch = 'capacity' for fp32"
                 )
             return plan_grouped(route, n_tokens, dtype)
-        return plan_capacity(route, n_tokens, self.capacity(n_tokens))
+        return plan_capacity(route, batch, self.capacity(n_tokens))
 
 
 def plan_grouped(route: Routing, n_tokens: int, dtype: torch.dtype) -> Plan:
@@ -232,11 +239,13 @@ def plan_grouped(route: Routing, n_tokens: int, dtype: torch.dtype) -> Plan:
     return Plan(order_A % n_tokens, route.weights_A[order_A], linear)
 
 
-def plan_capacity(route: Routing, n_tokens: int, capacity: int) -> Plan:
+def plan_capacity(route: Routing, batch: tuple[int, int], capacity: int) -> Plan:
     """Switch/GShard: rows = E*C buffer slots, slot (e, c) holding the c-th assignment to expert e
-    in priority order. Assignments past C get no slot (dropped); empty slots get weight 0."""
+    in causal priority order (position, then batch row, then choice). Assignments past C get no
+    slot (dropped); empty slots get weight 0."""
     E, C, A = route.counts_E.shape[0], capacity, route.experts_A.shape[0]
-    order_A, _ = sort_by_expert(route.experts_A)
+    n_tokens = batch[0] * batch[1]
+    order_A = causal_order(route.experts_A, batch)
     starts_E = torch.cumsum(route.counts_E, dim=0) - route.counts_E
     c_C = torch.arange(C, device=order_A.device)
     a_EC = order_A[(starts_E[:, None] + c_C).clamp(max=A - 1)]  # arbitrary in empty slots
@@ -253,10 +262,20 @@ def plan_capacity(route: Routing, n_tokens: int, capacity: int) -> Plan:
 
 
 def sort_by_expert(experts_A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(order_A, experts_sorted_A): a stable sort, so each expert sees its assignments in
-    priority order (slot-major, then token order)."""
+    """(order_A, experts_sorted_A): assignments grouped by expert (dropless dispatch: the order
+    within an expert does not matter)."""
     experts_sorted_A, order_A = torch.sort(experts_A, stable=True)
     return order_A, experts_sorted_A
+
+
+def causal_order(experts_A: torch.Tensor, batch: tuple[int, int]) -> torch.Tensor:
+    """Assignments grouped by expert, each expert's in causal priority order: by position t, then
+    batch row b, then choice k. Assignment a = k*N + b*T + t (slot-major); p = (t*B + b)*K + k
+    is its priority. A stable sort of the experts listed in priority order does it."""
+    (B, T), A = batch, experts_A.shape[0]
+    a_P = torch.arange(A, device=experts_A.device).view(A // (B * T), B, T).permute(2, 1, 0).reshape(A)
+    _, p_sorted = torch.sort(experts_A[a_P], stable=True)
+    return a_P[p_sorted]
 
 
 def combine(y_RD: torch.Tensor, token_R: torch.Tensor, weight_R: torch.Tensor, n_tokens: int) -> torch.Tensor:
