@@ -312,6 +312,19 @@ def test_moe_configs_match_dense_active_parameters() -> None:
     assert big["total"] > 2 * count(load_model_config(CONFIGS / "base-125m.toml"))["total"]
 
 
+def test_demo_moe_does_only_top_k_expert_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    """tiny-moe (the demo's MoE) is dropless and hands the experts exactly top_k rows a token:
+    no E x N capacity buffer (which would be 2x the expert work at 4 experts, top-2)."""
+    cfg = load_model_config(CONFIGS / "tiny-moe.toml")
+    moe = MoE(cfg.d_model, cfg.moe, cfg.mlp, cfg.bias)
+    rows = []
+    experts = MoE.experts
+    monkeypatch.setattr(MoE, "experts", lambda self, x, linear: rows.append(x.shape[0]) or experts(self, x, linear))
+    x = torch.randn(2, 64, cfg.d_model)
+    stats = moe(x)[1]
+    assert rows == [cfg.moe.top_k * 128] and stats["dropped_frac"].item() == 0
+
+
 def test_configuration_errors() -> None:
     with pytest.raises(ConfigError, match="d_ff_expert"):
         MoE(16, MoEConfig(d_ff_expert=0), "swiglu", False)
