@@ -99,7 +99,8 @@ def test_gpt2_run_exports_its_tokenizer(checkpoint_run: Callable[..., Path], tmp
         ours_tok.encode("x")
     except DataError as e:
         pytest.skip(f"GPT-2 ranks not available ({e}); run: llmlab tokenizer fetch gpt2")
-    run_dir = checkpoint_run("gpt2", vocab_size=50257, d_model=32, n_heads=2, n_kv_heads=1, d_ff=64, pad_vocab_multiple=64)
+    run_dir = checkpoint_run("gpt2", vocab_size=50257, d_model=32, n_heads=2, n_kv_heads=1, d_ff=64,
+                             pad_vocab_multiple=64)
     ours, theirs = ours_and_theirs(run_dir, tmp_path / "hf")
     assert {"vocab.json", "merges.txt", "tokenizer.json"} <= {p.name for p in (tmp_path / "hf").iterdir()}
     docs = [text for _, text in load_documents()[::97]][:40]

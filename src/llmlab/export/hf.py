@@ -45,7 +45,7 @@ def unsupported(cfg: ModelConfig) -> list[str]:
     if cfg.mlp != "swiglu":
         reasons.append(f"model.mlp = {cfg.mlp!r} (Llama/Mixtral use SwiGLU)")
     if cfg.bias:
-        reasons.append("model.bias = true (Mixtral has no biases; Llama's attention/MLP biases do not cover the norms')")
+        reasons.append("model.bias = true (Llama/Mixtral have no norm biases; Mixtral none at all)")
     return reasons + (unsupported_moe(cfg.moe) if cfg.moe is not None else [])
 
 
@@ -184,3 +184,35 @@ def moe_to_transformers(moe: MoE, d_model: int, experts_implementation: str = "e
         block.load_state_dict(mixtral_moe_state(moe), strict=True)
     ref = moe.router.weight
     return block.to(device=ref.device, dtype=ref.dtype)
+
+
+# -- equal work: proof that a peer computes our function ------------------------------------------
+
+
+class PeerMismatch(LLMLabError):
+    """A benchmark peer that does not compute what our model computes: its figures would mean nothing."""
+
+
+@torch.no_grad()
+def check_same_function(model: GPT, peer: Any, idx: torch.Tensor, greedy_tokens: int = 0, atol: float = 1e-4) -> None:
+    """Raise PeerMismatch unless `peer` (a transformers causal LM) gives logits within `atol` of
+    ours on idx (B, T) and, when greedy_tokens > 0, the same greedy continuation of idx (both with
+    their KV caches). For fp32 models; call it before casting either side to a lower precision."""
+    from llmlab.infer import generate
+
+    was_training = (model.training, peer.training)
+    model.eval(), peer.eval()
+    try:
+        diff = (peer(idx).logits.float() - model(idx).logits.float()).abs().max().item()
+        if not diff <= atol:
+            raise PeerMismatch(f"peer logits differ from llmlab's by {diff:.3g} (> {atol:g}): not the same model")
+        if greedy_tokens:
+            ours = generate(model, idx, greedy_tokens)
+            theirs = peer.generate(idx, max_new_tokens=greedy_tokens, min_new_tokens=greedy_tokens, do_sample=False,
+                                   attention_mask=torch.ones_like(idx), pad_token_id=0)
+            if not torch.equal(ours, theirs):
+                pos = int((ours != theirs).any(dim=0).nonzero()[0]) - idx.shape[1]
+                raise PeerMismatch(f"peer's greedy tokens differ from llmlab's at new token {pos} "
+                                   f"(logits agree within {diff:.2g} on the prompt)")
+    finally:
+        model.train(was_training[0]), peer.train(was_training[1])

@@ -1,0 +1,60 @@
+"""The benchmarks' Hugging Face peers are our own weights (`to_transformers`), checked before any
+timing: a peer that computes something else stops the benchmark instead of producing a ratio."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import torch
+
+from llmlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from llmlab.export.hf import PeerMismatch
+from llmlab.model import GPT
+
+transformers = pytest.importorskip("transformers")
+
+TINY = dict(vocab_size=300, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16, d_ff=96, max_seq_len=64)
+
+
+def test_bench_infer_peer_gives_our_greedy_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
+    from llmlab.bench import infer
+    from llmlab.export import hf
+
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(**TINY)).eval()
+    prompt = torch.randint(0, 300, (2, 16))
+    peer = infer.hf_peer(model, prompt)
+    assert type(peer).__name__ == "LlamaForCausalLM"
+    with torch.no_grad():
+        torch.testing.assert_close(peer(prompt).logits, model(prompt).logits, atol=1e-4, rtol=0)
+    # Random weights of the right shapes (what the peer used to be) are refused before any timing.
+    other = GPT(ModelConfig(**TINY))
+    real = hf.to_transformers
+    monkeypatch.setattr(hf, "to_transformers", lambda m: real(other))
+    with pytest.raises(PeerMismatch, match="logits differ"):
+        infer.hf_peer(model, prompt)
+
+
+def test_bench_train_peer_starts_from_our_initial_weights() -> None:
+    from llmlab.bench.train import _batch, _hf_model
+    from llmlab.train.setup import build_model
+
+    cfg = RunConfig(model=ModelConfig(**TINY, moe={"n_experts": 4, "top_k": 2, "d_ff_expert": 48}),
+                    data=DataConfig(), train=TrainConfig(seq_len=32, micro_batch_size=2, max_steps=1))
+    peer, name = _hf_model(cfg, torch.device("cpu"))
+    assert name == "HF MixtralForCausalLM"
+    x, _ = _batch(cfg, torch.device("cpu"))
+    ours = build_model(cfg.model, seed=0, device=torch.device("cpu"))
+    with torch.no_grad():
+        torch.testing.assert_close(peer(x).logits, ours(x).logits, atol=1e-4, rtol=0)
+
+
+def test_bench_moe_peers_hold_our_layer_weights() -> None:
+    from llmlab.bench.moe import hf_mixtral_layers, make_layers
+
+    args = argparse.Namespace(d_model=64, d_ff_expert=32, n_experts=4, top_k=2, mlp="swiglu", capacity_factor=1.0)
+    layers = make_layers(args, ["capacity"])  # drops tokens: the check runs against a dropless copy
+    peers = hf_mixtral_layers(args, layers)
+    assert sorted(peers) == ["hf mixtral eager", "hf mixtral grouped_mm"]
+    torch.testing.assert_close(peers["hf mixtral eager"].gate.weight, layers["capacity"].router.weight)
