@@ -4,7 +4,8 @@ Same shapes on every row (default: d=256, 4 layers, 8 query heads, 2 kv heads, S
 vocab 8192, tied; prompt 256 + 256 new tokens, batch 1, greedy, random weights). Rows:
 - llmlab, KV cache, eager; llmlab, KV cache, compiled decode step (compile time reported apart);
 - llmlab, no cache (the whole prefix recomputed each token);
-- Hugging Face transformers LlamaForCausalLM `generate` with and without cache, when installed.
+- Hugging Face transformers LlamaForCausalLM `generate` with and without cache, when installed,
+  with our weights (`llmlab.export.hf.to_transformers`), checked to give the same greedy tokens.
 Batch-1 decode reads every weight once per token, so weight bytes / (seconds per token) is the
 memory bandwidth achieved: the figure that says how far from the hardware limit we are.
 """
@@ -44,18 +45,26 @@ def llmlab_cases(model: GPT, prompt: torch.Tensor, new: int, compile: bool) -> d
     return cases
 
 
-def hf_llama(cfg: ModelConfig) -> torch.nn.Module | None:
-    try:
-        from transformers import LlamaConfig, LlamaForCausalLM
-    except ImportError:
+PEER_CHECK_TOKENS = 32
+"""Greedy tokens both sides must agree on before any timing (more would only add near-ties)."""
+
+
+def hf_peer(model: GPT, prompt: torch.Tensor) -> torch.nn.Module | None:
+    """Our model's weights in transformers (Llama / Mistral / Mixtral, `llmlab.export.hf`), checked
+    to give the same logits and greedy tokens on the prompt: equal work. None without transformers."""
+    import importlib.util
+
+    from llmlab.export.hf import ExportError, check_same_function, to_transformers
+
+    if importlib.util.find_spec("transformers") is None:
         return None
-    hf_cfg = LlamaConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.d_ff,
-                         num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
-                         num_key_value_heads=cfg.n_kv_heads, head_dim=cfg.head_dim,
-                         max_position_embeddings=cfg.max_seq_len, tie_word_embeddings=cfg.tie_embeddings,
-                         attn_implementation="sdpa")
-    torch.manual_seed(0)
-    return LlamaForCausalLM(hf_cfg).eval()
+    try:
+        peer = to_transformers(model)
+    except ExportError as e:
+        raise ExportError(f"{e} (run with --no-peers)") from None
+    room = model.config.max_seq_len - prompt.shape[1]
+    check_same_function(model, peer, prompt, greedy_tokens=min(PEER_CHECK_TOKENS, room))
+    return peer
 
 
 def hf_cases(model: torch.nn.Module, prompt: torch.Tensor, new: int) -> dict[str, Callable[[], Any]]:
@@ -95,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     new, wbytes = args.new_tokens, weight_bytes_per_token(model)
 
     cases = llmlab_cases(model, prompt, new, compile=not args.no_compile)
-    peer = None if args.no_peers else hf_llama(cfg)
+    peer = None if args.no_peers else hf_peer(model, prompt)
     if peer is not None:
         cases |= hf_cases(peer.to(args.device), prompt, new)
     times, warmup_s = time_round_robin(cases, args.device, repeats=args.repeats)

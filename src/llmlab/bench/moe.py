@@ -11,8 +11,9 @@ not skew. A step is a training step's work: forward, then backward to the input 
 parameter (the MoE's backward includes its auxiliary loss). On a small shared machine, use
 --threads 1 --clock cpu: OpenMP threads waiting for a busy core make wall times meaningless.
 
-Peers on the same shapes when Hugging Face `transformers` is installed: MixtralSparseMoeBlock with
-its default "eager" experts (a Python loop over the experts hit) and with "grouped_mm".
+Peers on the same shapes and weights when Hugging Face `transformers` is installed:
+MixtralSparseMoeBlock with its default "eager" experts (a Python loop over the experts hit) and
+with "grouped_mm", each checked to give our layer's output before timing.
 
 Then a breakdown of one layer's step into phases, each timed forward + backward on its own with the
 module's own functions (router + losses, sort and gather, expert matmuls, combine), interleaved
@@ -23,6 +24,7 @@ capacity dispatch drops little and the grouped GEMMs are balanced (the best case
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import time
 from typing import Any, Callable
@@ -102,25 +104,30 @@ def make_layers(args: argparse.Namespace, dispatches: list[str]) -> dict[str, nn
     return layers
 
 
-def hf_mixtral_layers(args: argparse.Namespace) -> dict[str, nn.Module]:
-    """transformers' MixtralSparseMoeBlock at the same shapes (eager loop and grouped_mm experts)."""
-    if args.mlp != "swiglu":
+def hf_mixtral_layers(args: argparse.Namespace, layers: dict[str, nn.Module]) -> dict[str, nn.Module]:
+    """transformers' MixtralSparseMoeBlock with our MoE's weights (`llmlab.export.hf`), with its
+    "eager" and "grouped_mm" experts, each checked to give our layer's dropless output first."""
+    import importlib.util
+
+    from llmlab.export.hf import PeerMismatch, moe_to_transformers
+
+    ours = next((layer for layer in layers.values() if isinstance(layer, MoE)), None)
+    if args.mlp != "swiglu" or ours is None or importlib.util.find_spec("transformers") is None:
         return {}
-    try:
-        from transformers import MixtralConfig
-        from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
-    except ImportError:
-        return {}
-    layers = {}
+    with torch.random.fork_rng(devices=[]):  # the timed inputs stay what they were
+        reference = MoE(args.d_model, dataclasses.replace(ours.cfg, dispatch="loop", capacity_factor=None),
+                        args.mlp, bias=False)
+        reference.load_state_dict(ours.state_dict())
+        x = torch.randn(1, 256, args.d_model)
+    peers = {}
     for impl in ("eager", "grouped_mm"):
-        cfg = MixtralConfig(hidden_size=args.d_model, intermediate_size=args.d_ff_expert,
-                            num_local_experts=args.n_experts, num_experts_per_tok=args.top_k,
-                            experts_implementation=impl)
-        block = MixtralSparseMoeBlock(cfg)
-        for p in block.parameters():
-            nn.init.normal_(p, std=0.02)
-        layers[f"hf mixtral {impl}"] = block
-    return layers
+        peer = moe_to_transformers(ours, args.d_model, impl)
+        with torch.no_grad():
+            diff = (peer(x) - reference(x)[0]).abs().max().item()
+        if not diff <= 1e-5:
+            raise PeerMismatch(f"HF Mixtral ({impl}) output differs from our MoE layer's by {diff:.3g}")
+        peers[f"hf mixtral {impl}"] = peer
+    return peers
 
 
 def compiled_layers(layers: dict[str, nn.Module], dtype: torch.dtype) -> dict[str, nn.Module]:
@@ -266,7 +273,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     dtype, device = DTYPES[args.dtype], torch.device(args.device)
     layers = make_layers(args, dispatches)
     if not args.no_peers:
-        layers.update(hf_mixtral_layers(args))
+        layers.update(hf_mixtral_layers(args, layers))
     layers = {name: layer.to(device=device, dtype=dtype) for name, layer in layers.items()}
     if args.compile:
         layers.update(compiled_layers(layers, dtype))

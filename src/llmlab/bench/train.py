@@ -4,8 +4,9 @@ One training step = forward, fp32 cross-entropy, backward, gradient clipping, Ad
 `llmlab train` runs (`llmlab.train.step.train_step`), on a fixed random batch of the config's
 (micro_batch_size, seq_len). Compile time (the first compiled steps) is reported apart and
 excluded from tokens/s. The peer is Hugging Face `transformers` (optional extra `[bench]`):
-LlamaForCausalLM for a dense Llama-style config, MixtralForCausalLM for an MoE one, with the same
-shapes, random weights, the same loss, optimizer and thread count. Prints a table, then one JSON line.
+LlamaForCausalLM for a dense Llama-style config, MixtralForCausalLM for an MoE one, with our initial
+weights (`llmlab.export.hf.to_transformers`, checked to give our logits before timing), the same
+loss, optimizer and thread count. Prints a table, then one JSON line.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def _peer_step(cfg: RunConfig, device: torch.device, amp: torch.dtype | None) ->
     """The Hugging Face model on the same shapes, trained the same way (loss, clipping, AdamW)."""
     from llmlab.train.optim import build_optimizer
 
-    model, name = _hf_model(cfg.model)
+    model, name = _hf_model(cfg, device)
     model = model.to(device).train()
     optimizer = build_optimizer(model, cfg.train, device)
     x, y = _batch(cfg, device)
@@ -85,26 +86,17 @@ def _peer_step(cfg: RunConfig, device: torch.device, amp: torch.dtype | None) ->
     return step, name
 
 
-def _hf_model(m: ModelConfig) -> tuple[nn.Module, str]:
-    """Raises ValueError (with the reason) when the config has no HF equivalent."""
-    if m.norm != "rmsnorm" or m.pos != "rope" or m.mlp != "swiglu" or m.bias:
-        raise ValueError("the peer needs a Llama-style config (rmsnorm, rope, swiglu, no bias)")
-    import transformers
+def _hf_model(cfg: RunConfig, device: torch.device) -> tuple[nn.Module, str]:
+    """Our model's initial weights (the seed of `_our_step`) in transformers' Llama / Mistral /
+    Mixtral (`llmlab.export.hf`), checked to give our logits on the benchmark batch: equal work.
+    ExportError when the config has no equivalent or transformers is missing."""
+    from llmlab.export.hf import check_same_function, to_transformers
+    from llmlab.train.setup import build_model
 
-    common = dict(
-        vocab_size=m.vocab_size, hidden_size=m.d_model, num_hidden_layers=m.n_layers,
-        num_attention_heads=m.n_heads, num_key_value_heads=m.n_kv_heads, head_dim=m.head_dim,
-        max_position_embeddings=m.max_seq_len, rms_norm_eps=m.norm_eps, rope_theta=m.rope_theta,
-        tie_word_embeddings=m.tie_embeddings, attention_dropout=0.0,
-    )
-    if m.moe is None:
-        cfg = transformers.LlamaConfig(intermediate_size=m.d_ff, attention_bias=False, mlp_bias=False, **common)
-        return transformers.LlamaForCausalLM(cfg), "HF LlamaForCausalLM"
-    if m.moe.n_shared_experts or m.moe.every_n_layers != 1:
-        raise ValueError("the Mixtral peer has no shared experts and MoE in every layer")
-    cfg = transformers.MixtralConfig(intermediate_size=m.moe.d_ff_expert, num_local_experts=m.moe.n_experts,
-                                     num_experts_per_tok=m.moe.top_k, router_aux_loss_coef=0.0, **common)
-    return transformers.MixtralForCausalLM(cfg), "HF MixtralForCausalLM"
+    ours = build_model(cfg.model, seed=0, device=device)
+    peer = to_transformers(ours)
+    check_same_function(ours, peer, _batch(cfg, device)[0])
+    return peer, f"HF {type(peer).__name__}"
 
 
 def _batch(cfg: RunConfig, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -194,12 +186,12 @@ def _implementations(cfg: RunConfig, device: torch.device, amp: torch.dtype | No
     notes: list[str] = []
     if args.no_peer:
         return steps, notes
-    try:
+    from llmlab.export.hf import ExportError
+
+    try:  # a peer that computes something else (PeerMismatch) is an error, not a skip
         step, name = _peer_step(cfg, device, amp)
         steps[f"{name} eager"] = step
-    except ImportError:
-        notes.append("peer skipped: transformers is not installed (pip install -e '.[bench]')")
-    except ValueError as e:
+    except ExportError as e:  # no equivalent, or transformers not installed
         notes.append(f"peer skipped: {e}")
     return steps, notes
 
