@@ -23,7 +23,10 @@ POSITIONS = ("rope", "learned")
 MLPS = ("swiglu", "gelu")
 DISPATCHES = ("grouped", "capacity", "loop")
 SCHEDULES = ("cosine", "wsd", "constant")
-DTYPES = ("auto", "bf16", "fp32")
+# The one map of precision names users type to torch dtype names (llmlab.device.torch_dtype);
+# "auto" picks bf16 on CUDA and fp32 on CPU.
+PRECISIONS = {"bf16": "bfloat16", "fp32": "float32"}
+DTYPES = ("auto", *PRECISIONS)
 PARALLELISMS = ("ddp", "fsdp")
 COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")
 
@@ -158,12 +161,8 @@ class ModelConfig:
             self.d_ff = 4 * self.d_model if self.mlp == "gelu" else _round_up(8 * self.d_model // 3, 64)
         if self.moe is not None and self.moe.d_ff_expert == 0:
             self.moe.d_ff_expert = max(1, self.d_ff // self.moe.top_k)
-        if self.moe is not None and self.moe.dispatch == "grouped" and (self.d_model % 8 or self.moe.d_ff_expert % 8):
-            raise ConfigError(
-                f"model.moe.dispatch = 'grouped' needs model.d_model ({self.d_model}) and model.moe.d_ff_expert "
-                f"({self.moe.d_ff_expert}) to be multiples of 8 (torch._grouped_mm alignment); "
-                "resize them or use dispatch = 'capacity'"
-            )
+        if self.moe is not None:
+            check_grouped_alignment(self.d_model, self.moe)
 
     @property
     def padded_vocab_size(self) -> int:
@@ -492,6 +491,18 @@ def _toml_value(v: Any) -> str:
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     raise ConfigError(f"cannot write {v!r} to TOML")
+
+
+def check_grouped_alignment(d_model: int, moe: MoEConfig) -> None:
+    """`grouped` dispatch needs widths that are multiples of 8: torch._grouped_mm wants 16-byte
+    aligned rows (8 bf16 elements). Checked by ModelConfig and by MoE itself (built directly in tests
+    and benchmarks)."""
+    if moe.dispatch == "grouped" and (d_model % 8 or moe.d_ff_expert % 8):
+        raise ConfigError(
+            f"model.moe.dispatch = 'grouped' needs model.d_model ({d_model}) and model.moe.d_ff_expert "
+            f"({moe.d_ff_expert}) to be multiples of 8 (torch._grouped_mm alignment); "
+            "resize them or use dispatch = 'capacity'"
+        )
 
 
 def _round_up(n: int, multiple: int) -> int:

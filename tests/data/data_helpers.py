@@ -6,8 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from llmlab.data.meta import FORMAT, META_FILE, write_json
+from llmlab.data.meta import FORMAT, META_FILE
 from llmlab.data.tokenfile import write_tokens
+from llmlab.runs import write_json
 
 SHARED_WIKITEXT = Path("/work/shared/data/wikitext")
 
@@ -55,7 +56,7 @@ def make_token_dir(folder: Path, splits: dict[str, np.ndarray], vocab_size: int,
     meta = {"format": FORMAT, "dataset": name, "source_digest": "-", "dtype": "-", "fingerprint": "-",
             "tokenizer": {"name": name, "hash": "-", "vocab_size": vocab_size, "eot_id": vocab_size - 1},
             "splits": info}
-    write_json(folder / META_FILE, meta)
+    write_json(folder / META_FILE, meta, sort_keys=True)
     return folder
 
 

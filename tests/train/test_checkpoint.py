@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from llmlab.config import load_run_config
+from llmlab.runs import sha256_file
 from llmlab.train import checkpoint, train
 
 
@@ -23,7 +24,7 @@ def test_save_keeps_last_k_and_manifest_names_only_existing_files(tmp_path):
     assert [e.step for e in entries] == [30, 40]
     assert sorted(p.name for p in directory.glob("*.pt")) == ["step-00000030.pt", "step-00000040.pt"]
     for e in entries:
-        assert checkpoint.sha256_file(directory / e.file) == e.sha256
+        assert sha256_file(directory / e.file) == e.sha256
     entry, loaded = checkpoint.load_latest(tmp_path)
     assert entry.step == 40 and torch.equal(loaded["w"], state(40)["w"])
 

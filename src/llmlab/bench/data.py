@@ -19,12 +19,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from llmlab.bench.common import emit_json, environment, median, print_table, time_round_robin
+from llmlab.bench.common import emit_json, environment, print_table
 from llmlab.data.encode import ParallelEncoder, chunk_documents, usable_cpus
 from llmlab.data.prepare import prepare
 from llmlab.data.sources import SPLITS, Source, get_source
 from llmlab.data.tokenizers import GPT2Tokenizer, Tokenizer, get_tokenizer
 from llmlab.data.wikitext import RAW_FILES
+from llmlab.timing import median, time_round_robin
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

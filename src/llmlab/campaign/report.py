@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from llmlab.errors import LLMLabError
+from llmlab.runs import read_metrics, write_bytes_atomic
 
 COLUMNS = [  # (key, header, format)
     ("variant", "variant", ""),
@@ -47,19 +48,6 @@ def run_dirs(directory: Path) -> list[tuple[str, Path]]:
     if not found:
         raise LLMLabError(f"{directory}: no finished runs (no */result.json); train them first")
     return found
-
-
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            continue  # a line cut by a kill mid-write
-    return rows
 
 
 def routing_summary(metrics: list[dict[str, Any]], last: int = 5) -> dict[str, float]:
@@ -154,8 +142,6 @@ def plot_losses(runs: list[tuple[str, Path]], path: Path) -> bool:
 
 def write_report(directory: str | Path) -> dict[str, Any]:
     """Write report.md, report.csv (and loss.png); return {"rows", "markdown", "files"}."""
-    from llmlab.train.checkpoint import write_bytes_atomic
-
     directory = Path(directory)
     if not directory.is_dir():
         raise LLMLabError(f"{directory} is not a directory: pass a campaign output (e.g. runs/demo)")

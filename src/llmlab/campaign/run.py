@@ -11,13 +11,12 @@ from typing import Any
 
 import torch
 
-from llmlab.bench.common import median, time_round_robin
 from llmlab.campaign.plan import Campaign, GenerateSpec, Variant
+from llmlab.device import resolve_dtype
 from llmlab.infer.generate import generate
-from llmlab.infer.run import resolve_dtype
+from llmlab.runs import load_for_inference, write_json
+from llmlab.timing import median, time_round_robin
 from llmlab.train import train
-from llmlab.train.inference import load_for_inference
-from llmlab.train.record import write_json
 
 
 def run_campaign(campaign: Campaign, out_dir: str | Path) -> list[Path]:

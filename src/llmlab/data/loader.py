@@ -32,6 +32,7 @@ from llmlab.data.tokenfile import open_tokens
 from llmlab.errors import DataError
 
 IGNORE_INDEX = -100
+"""Targets that carry no loss (F.cross_entropy's default ignore_index); the one definition."""
 
 
 def open_split(data_dir: str | Path, split: str, vocab_size: int | None = None) -> np.ndarray:

@@ -18,7 +18,6 @@ word-level perplexity); `bytes` = UTF-8 bytes of the text (the denominator of bi
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -51,11 +50,3 @@ def split_info(meta: dict[str, Any], split: str, data_dir: str | Path) -> dict[s
     except KeyError:
         have = ", ".join(meta.get("splits", {})) or "none"
         raise DataError(f"{data_dir} has no split {split!r} (has: {have})") from None
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Deterministic JSON (sorted keys, fixed indent), fsynced: two prepares give identical bytes."""
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-        f.flush()
-        os.fsync(f.fileno())

@@ -21,11 +21,12 @@ from typing import Any
 
 from llmlab.config import DataConfig
 from llmlab.data.encode import ParallelEncoder, chunk_documents, default_workers
-from llmlab.data.meta import FORMAT, META_FILE, read_meta, write_json
+from llmlab.data.meta import FORMAT, META_FILE, read_meta
 from llmlab.data.sources import SPLITS, Source, dataset_label, get_source
-from llmlab.data.tokenfile import TokenFileWriter, sha256_file, token_dtype
+from llmlab.data.tokenfile import TokenFileWriter, token_dtype
 from llmlab.data.tokenizers import Tokenizer, describe, get_tokenizer, short_hash, tokenizer_label
 from llmlab.errors import DataError
+from llmlab.runs import sha256_file, write_json
 
 LOCK_FILE = ".prepare.lock"
 
@@ -155,7 +156,7 @@ def _build(
             "splits": splits,
             "fingerprint": fingerprint,
         }
-        write_json(tmp / META_FILE, meta)
+        write_json(tmp / META_FILE, meta, sort_keys=True)  # equal content, identical bytes
         _install(tmp, out, [split_file(s) for s in SPLITS])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from llmlab.data.sources import Source, check_split, split_of
+from llmlab.paths import cache_dir
 
 EXTRACTOR_VERSION = "pydocs/1"  # bump when the extraction changes (it changes the documents)
 SKIP_DIRS = frozenset(
@@ -49,8 +50,6 @@ class PyDocs(Source):
 
 def load_documents() -> list[tuple[str, str]]:
     """[(doc_id, text)] in a fixed order: topics by name, then modules by dotted name (cached)."""
-    from llmlab.data.tokenizers import cache_dir
-
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     files = module_files(stdlib)
     path = cache_dir() / "pydocs" / f"{_cache_key(stdlib, files)}.json"

@@ -15,7 +15,6 @@ silently, and again when the file is opened (a corrupt or foreign file fails bef
 
 from __future__ import annotations
 
-import hashlib
 import os
 import struct
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from llmlab.errors import DataError
+from llmlab.runs import sha256_file
 
 MAGIC = b"LLMLABTK"
 VERSION = 1
@@ -140,11 +140,3 @@ def open_tokens(path: str | Path, vocab_size: int | None = None, check_range: bo
     if check_range:
         check_ids(tokens, header["vocab_size"], str(path))
     return tokens
-
-
-def sha256_file(path: str | Path, block: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            h.update(chunk)
-    return h.hexdigest()

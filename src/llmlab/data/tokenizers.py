@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from llmlab.errors import DataError
+from llmlab.paths import cache_dir
 
 EOT_TEXT = "<|endoftext|>"
 
@@ -43,11 +44,6 @@ WHISPER_MEMBER = "whisper/assets/gpt2.tiktoken"
 NETWORK_TIMEOUT_S = 10.0
 
 BUILTIN_TOKENIZERS = ("gpt2", "byte")
-
-
-def cache_dir() -> Path:
-    """llmlab's cache: $LLMLAB_CACHE, else ~/.cache/llmlab."""
-    return Path(os.environ.get("LLMLAB_CACHE") or Path.home() / ".cache" / "llmlab")
 
 
 def short_hash(*parts: str | bytes) -> str:

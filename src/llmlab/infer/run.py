@@ -9,9 +9,12 @@ from typing import Any
 import torch
 
 from llmlab.config import load_model_config
+from llmlab.device import resolve_dtype
 from llmlab.errors import ConfigError
 from llmlab.infer.generate import decode_step, generate
 from llmlab.model import GPT
+from llmlab.runs import load_for_inference  # a run knows its tokenizer
+from llmlab.timing import sync
 
 
 def parse_prompt_ids(text: str, vocab_size: int) -> list[int]:
@@ -27,18 +30,6 @@ def parse_prompt_ids(text: str, vocab_size: int) -> list[int]:
     return ids
 
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-
-
-def resolve_dtype(dtype: str, device: str) -> torch.dtype:
-    """auto: bf16 on CUDA (half the bytes read per token), fp32 on CPU (bf16 matmul is slow there)."""
-    if dtype == "auto":
-        return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
-    if dtype not in DTYPES:
-        raise ConfigError(f"--dtype must be auto, fp32 or bf16; got {dtype!r}")
-    return DTYPES[dtype]
-
-
 def load_source(source: str, overrides: list[str], device: str, seed: int, dtype: str = "fp32"
                 ) -> tuple[GPT, Any]:
     """(model in eval mode, tokenizer or None). A directory = a training run; a file = a config."""
@@ -46,8 +37,6 @@ def load_source(source: str, overrides: list[str], device: str, seed: int, dtype
     if not path.exists():
         raise ConfigError(f"{source}: no such run directory or config file")
     if path.is_dir():
-        from llmlab.train.inference import load_for_inference  # a run knows its tokenizer
-
         model, tokenizer = load_for_inference(path, device=device)
     else:
         torch.manual_seed(seed)
@@ -99,9 +88,3 @@ def generate_from_source(source: str, *, prompt: str | None, prompt_ids: str | N
         "kv_cache": use_kv_cache,
     }
     return result
-
-
-def sync(device: torch.device | str) -> None:
-    """Wait for the device's queued work, so that a clock read after it measures the work."""
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)

@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmlab.config import MoEConfig
+from llmlab.config import MoEConfig, check_grouped_alignment
 from llmlab.errors import ConfigError
 from llmlab.model.mlp import MLP, mlp_params
 
@@ -91,11 +91,7 @@ class MoE(nn.Module):
         E, D, d_ff = cfg.n_experts, d_model, cfg.d_ff_expert
         if d_ff <= 0:
             raise ConfigError("model.moe.d_ff_expert must be set (ModelConfig derives it from d_ff / top_k)")
-        if cfg.dispatch == "grouped" and (D % 8 or d_ff % 8):
-            raise ConfigError(
-                f"dispatch = 'grouped' needs d_model ({D}) and d_ff_expert ({d_ff}) to be multiples of 8 "
-                "(torch._grouped_mm wants 16-byte aligned rows); use dispatch = 'capacity' instead"
-            )
+        check_grouped_alignment(D, cfg)
         self.cfg = cfg
         # The router runs in fp32 (Switch sec. 2.4, "selective precision": a bf16 softmax makes
         # routing unstable).

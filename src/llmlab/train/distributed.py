@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from llmlab.errors import ConfigError
+from llmlab.device import resolve_device
 
 
 @dataclass(frozen=True)
@@ -34,18 +34,6 @@ class DistInfo:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
-
-
-def resolve_device(pref: str, local_rank: int = 0) -> torch.device:
-    """auto -> cuda:LOCAL_RANK when CUDA is available, else cpu."""
-    if pref == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(pref)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device = {pref!r} but CUDA is not available (use auto or cpu)")
-    if device.type == "cuda" and device.index is None:
-        device = torch.device(f"cuda:{local_rank}")
-    return device
 
 
 def init(device_pref: str) -> DistInfo:

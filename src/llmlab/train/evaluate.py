@@ -11,8 +11,9 @@ from torch import nn
 
 from llmlab.config import RunConfig
 from llmlab.errors import CheckpointError
-from llmlab.train.distributed import DistInfo, resolve_device
-from llmlab.train.inference import load_run_model
+from llmlab.device import resolve_device
+from llmlab.runs import load_run_model
+from llmlab.train.distributed import DistInfo
 from llmlab.train.setup import autocast_dtype, compile_fn, prepare_data, split_figures
 from llmlab.train.step import EvalFn, bind_eval_loss, eval_context, evaluate
 

@@ -27,13 +27,14 @@ from torch import nn
 
 from llmlab.config import RunConfig
 from llmlab.errors import LLMLabError
+from llmlab.runs import write_json
 from llmlab.train import checkpoint, distributed
 from llmlab.train.evaluate import evaluate_split
 from llmlab.train.distributed import DistInfo, any_rank, broadcast_object, gather_objects
 from llmlab.train.lock import RunDirBusy, RunLock
 from llmlab.train.metrics import MetricsWriter, Progress, Throughput, mfu, peak_flops, peak_memory_mb, routing_stats, truncate_after
 from llmlab.train.optim import build_optimizer, set_lr
-from llmlab.train.record import check_resumable, environment, identity, training_changes, write_config, write_json
+from llmlab.train.record import check_resumable, environment, identity, training_changes, write_config
 from llmlab.train.schedule import lr_at
 from llmlab.train.setup import autocast_dtype, build_model, compile_fn, prepare_data, rng_state, set_rng_state
 from llmlab.train.signals import EXIT_DIVERGED, EXIT_OK, EXIT_STOPPED, StopRequest
@@ -165,7 +166,7 @@ def _session(run: Run, stop: StopRequest) -> TrainOutcome:
     if run.info.is_main:
         # Rows logged after the checkpoint (all of them, when a killed run left none) are about to
         # be replayed: drop them, so metrics.jsonl reads as one uninterrupted run.
-        truncate_after(run.run_dir / "metrics.jsonl", state["step"] if state is not None else -1)
+        truncate_after(run.run_dir, state["step"] if state is not None else -1)
         run.writer = MetricsWriter(run.run_dir)
     try:
         _start_or_resume(run, state)

@@ -16,6 +16,8 @@ from typing import Any, TextIO
 
 import torch
 
+from llmlab.runs import METRICS_FILE, read_metrics, write_bytes_atomic
+
 # Dense bf16 tensor-core peak FLOP/s by GPU name (vendor data sheets, without sparsity). MFU is
 # model FLOPs per second over this peak (PaLM, Chowdhery et al. 2022, appendix B). Longest match wins.
 PEAK_BF16_FLOPS = {
@@ -79,7 +81,7 @@ class MetricsWriter:
     """Appends rows to run_dir/metrics.jsonl (flushed each row) and, when installed, TensorBoard."""
 
     def __init__(self, run_dir: Path, tensorboard: bool = True) -> None:
-        self.path = Path(run_dir) / "metrics.jsonl"
+        self.path = Path(run_dir) / METRICS_FILE
         self._file = open(self.path, "a", encoding="utf-8")
         self._tb = _tensorboard(run_dir) if tensorboard else None
 
@@ -105,31 +107,14 @@ def _tensorboard(run_dir: Path) -> Any:
     return SummaryWriter(log_dir=str(Path(run_dir) / "tb"))
 
 
-def truncate_after(path: Path, step: int) -> None:
-    """Drop rows logged after `step` (a resumed run replays them), so the file reads as one run."""
+def truncate_after(run_dir: Path, step: int) -> None:
+    """Drop rows logged after `step` (a resumed run replays them) and a line cut by a kill, so
+    metrics.jsonl reads as one run."""
+    path = Path(run_dir) / METRICS_FILE
     if not path.exists():
         return
-    keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue  # a line cut by a kill mid-write
-        if row.get("step", 0) <= step:
-            keep.append(line)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
-    tmp.replace(path)
-
-
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            continue
-    return rows
+    keep = [row for row in read_metrics(run_dir) if row.get("step", 0) <= step]
+    write_bytes_atomic(path, "".join(json.dumps(row) + "\n" for row in keep).encode())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,7 +3,6 @@ for what may change when a run is resumed."""
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import socket
@@ -17,15 +16,11 @@ import torch
 
 from llmlab.config import dump_toml
 from llmlab.errors import CheckpointError
-from llmlab.train.checkpoint import write_bytes_atomic
+from llmlab.runs import write_bytes_atomic
 
 # Settings a resumed run must share with its checkpoint, besides the whole [model] table and the
 # data identity: they fix which windows the saved loader position points to.
 DATA_ORDER_KEYS = ("train.seq_len", "train.micro_batch_size", "train.seed", "world_size")
-
-
-def write_json(path: Path, obj: Any) -> None:
-    write_bytes_atomic(Path(path), (json.dumps(obj, indent=2) + "\n").encode())
 
 
 def write_config(run_dir: Path, config: dict[str, Any]) -> None:

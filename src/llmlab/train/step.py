@@ -15,11 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llmlab.data.loader import IGNORE_INDEX  # targets that carry no loss (the eval loader pads with it)
 from llmlab.train.distributed import all_reduce_mean, no_sync
 
 Batch = tuple[torch.Tensor, torch.Tensor]
-IGNORE_INDEX = -100
-"""Targets that carry no loss (F.cross_entropy's default; the eval loader pads with it)."""
 EvalFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 """(x, y) -> (summed cross-entropy, number of targets)."""
 

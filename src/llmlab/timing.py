@@ -1,0 +1,48 @@
+"""Honest timing, shared by the benchmarks, `llmlab generate` and the campaign: warm-up apart,
+a device sync before each clock read, medians, and interleaved cases."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any, Callable
+
+import torch
+
+
+def sync(device: torch.device | str) -> None:
+    """Wait for the device's queued work, so that a clock read after it measures the work."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def time_fn(fn: Callable[[], Any], device: torch.device | str = "cpu", repeats: int = 3, warmup: int = 1
+            ) -> list[float]:
+    """Seconds per call, `repeats` times, after `warmup` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def time_round_robin(cases: dict[str, Callable[[], Any]], device: torch.device | str = "cpu",
+                     repeats: int = 3) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """Time several cases interleaved (a, b, c, a, b, c, ...), so that noise from a shared machine
+    falls on all of them alike. Returns (seconds per repeat, warm-up seconds) per case; the warm-up
+    call is untimed in the results and includes any compilation."""
+    warmup_s = {name: time_fn(fn, device, repeats=1, warmup=0)[0] for name, fn in cases.items()}
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(repeats):
+        for name, fn in cases.items():
+            times[name] += time_fn(fn, device, repeats=1, warmup=0)
+    return times, warmup_s
