@@ -17,10 +17,11 @@ from typing import Any, Callable
 
 import torch
 
-from llmlab.bench.common import emit_json, environment, median, print_table, time_round_robin
+from llmlab.bench.common import emit_json, environment, print_table
 from llmlab.config import ModelConfig, load_model_config, to_dict
 from llmlab.infer.generate import decode_step, generate
 from llmlab.model import GPT
+from llmlab.timing import median, time_round_robin
 
 
 def default_config(max_seq_len: int) -> ModelConfig:

@@ -32,12 +32,12 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from llmlab.bench.common import emit_json, environment, median, print_table, sync
-from llmlab.config import DISPATCHES, MoEConfig
+from llmlab.bench.common import emit_json, environment, print_table
+from llmlab.config import DISPATCHES, PRECISIONS, MoEConfig
+from llmlab.device import torch_dtype
 from llmlab.model.mlp import MLP
 from llmlab.model.moe import MoE, combine, compute_dtype
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+from llmlab.timing import median, sync
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -50,7 +50,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--tokens", default="512,2048,8192", help="comma-separated token counts (batch 1)")
     p.add_argument("--dispatch", default=",".join(DISPATCHES), help="comma-separated: grouped,capacity,loop")
     p.add_argument("--capacity-factor", type=float, default=1.25, help="for `capacity` (Switch default 1.25)")
-    p.add_argument("--dtype", choices=tuple(DTYPES), default="fp32", help="bf16 is very slow on most CPUs")
+    p.add_argument("--dtype", choices=tuple(PRECISIONS), default="fp32", help="bf16 is very slow on most CPUs")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
@@ -171,7 +171,7 @@ def time_layers(layers: dict[str, nn.Module], n_tokens: int, args: argparse.Name
     """One forward + backward per layer, on the same input and output gradient, with the median
     over rounds of the time / dense time ratio within each round (pairs close in time, so a load
     change on the machine between rounds cancels out)."""
-    dtype, device = DTYPES[args.dtype], torch.device(args.device)
+    dtype, device = torch_dtype(args.dtype), torch.device(args.device)
     x = torch.randn(1, n_tokens, args.d_model, device=device, dtype=dtype, requires_grad=True)
     g = torch.randn(1, n_tokens, args.d_model, device=device, dtype=dtype)
     timed = time_cases({name: step(layer, x, g) for name, layer in layers.items()}, args)
@@ -249,7 +249,7 @@ def _fwd_bwd(forward: Callable[[], Any], leaves: list[torch.Tensor]) -> Callable
 def breakdown(layers: dict[str, nn.Module], args: argparse.Namespace) -> dict[str, dict[str, float]]:
     """{dispatch: {phase: median ms}} at args.breakdown_tokens tokens, all phases of all dispatches
     interleaved in one round robin."""
-    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    device, dtype = torch.device(args.device), torch_dtype(args.dtype)
     x = torch.randn(1, args.breakdown_tokens, args.d_model, device=device, dtype=dtype, requires_grad=True)
     cases = {"dense|whole step (reference)": step(layers["dense"], x, torch.randn_like(x))}
     for name, layer in layers.items():
@@ -270,7 +270,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     dispatches = [d.strip() for d in args.dispatch.split(",") if d.strip()]
-    dtype, device = DTYPES[args.dtype], torch.device(args.device)
+    dtype, device = torch_dtype(args.dtype), torch.device(args.device)
     layers = make_layers(args, dispatches)
     if not args.no_peers:
         layers.update(hf_mixtral_layers(args, layers))

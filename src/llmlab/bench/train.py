@@ -19,8 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmlab.bench.common import emit_json, environment, median, print_table, sync
-from llmlab.config import ModelConfig, RunConfig, load_run_config
+from llmlab.bench.common import emit_json, environment, print_table
+from llmlab.config import RunConfig, load_run_config
+from llmlab.timing import median, sync
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -139,7 +140,7 @@ def interleaved_rates(steps: dict[str, Callable[[], None]], device: torch.device
 
 
 def _resolve(args: argparse.Namespace) -> tuple[RunConfig, torch.device, torch.dtype | None]:
-    from llmlab.train.distributed import resolve_device
+    from llmlab.device import resolve_device
     from llmlab.train.setup import autocast_dtype
 
     overrides = list(args.set)
