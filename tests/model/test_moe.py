@@ -19,7 +19,7 @@ from torch.testing import assert_close
 from llmlab.config import MoEConfig, load_model_config
 from llmlab.errors import ConfigError
 from llmlab.model.mlp import mlp_params
-from llmlab.model.moe import MoE, combine, moe_params
+from llmlab.model.moe import MoE, combine, dispatch_advice, moe_params
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "models"
 BF16 = {"atol": 2e-2, "rtol": 2e-2}  # a few bf16 roundings (eps 2^-8) of O(1) values
@@ -331,6 +331,38 @@ def test_configuration_errors() -> None:
     with pytest.raises(ConfigError, match="multiples of 8"):
         MoE(16, MoEConfig(d_ff_expert=12, dispatch="grouped"), "swiglu", False)
     MoE(16, MoEConfig(n_experts=4, d_ff_expert=12, dispatch="capacity"), "swiglu", False)  # fine
+
+
+# -- dispatch advice ---------------------------------------------------------------------------
+
+
+def fake_gpu(monkeypatch: pytest.MonkeyPatch, name: str, capability: tuple[int, int]) -> None:
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+
+
+def test_dispatch_advice_warns_grouped_below_sm90(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_gpu(monkeypatch, "NVIDIA A100-SXM4-40GB", (8, 0))
+    advice = dispatch_advice(MoEConfig(dispatch="grouped"), "cuda")
+    assert "sm80" in advice and "186620" in advice and "very slow" in advice
+    assert "capacity_factor=1.25" in advice and "dropped" in advice and "moe_dropped_frac" in advice
+    fake_gpu(monkeypatch, "NVIDIA H100 80GB HBM3", (9, 0))
+    advice = dispatch_advice(MoEConfig(dispatch="grouped"), "cuda")
+    assert "sm90" in advice and "slow" not in advice and "dropless" in advice
+    # the recommended setting itself gets no warning on the A100
+    fake_gpu(monkeypatch, "NVIDIA A100-SXM4-40GB", (8, 0))
+    advice = dispatch_advice(MoEConfig(dispatch="capacity", capacity_factor=1.25), "cuda")
+    assert "factor 1.25" in advice and "dropped" in advice and "slow" not in advice
+
+
+def test_dispatch_advice_on_cpu_and_for_each_dispatch() -> None:
+    assert dispatch_advice(None, "cpu") is None  # a dense model
+    assert "dropless" in dispatch_advice(MoEConfig(dispatch="grouped"), "cpu")
+    fp32_compiled = dispatch_advice(MoEConfig(dispatch="grouped"), "cpu", compile=True, dtype=torch.float32)
+    assert "needs bf16" in fp32_compiled and "float32" in fp32_compiled
+    assert "needs bf16" not in dispatch_advice(MoEConfig(dispatch="grouped"), "cpu", compile=True, dtype=torch.bfloat16)
+    assert "4.0x the top-k" in dispatch_advice(MoEConfig(n_experts=8, top_k=2, dispatch="capacity"), "cpu")
+    assert "eager only" in dispatch_advice(MoEConfig(dispatch="loop"), "cpu")
 
 
 # -- torch.compile ----------------------------------------------------------------------------------

@@ -47,3 +47,17 @@ def test_two_processes_match_one_at_equal_tokens_per_update(parallelism, make_co
     # the loader's saved positions are per rank: resuming at another world size is refused
     with pytest.raises(CheckpointError, match="world_size: checkpoint 2, now 1"):
         train(load_run_config(config, ["train.max_steps=10"]), tmp_path / "two")
+
+
+def test_two_processes_average_moe_statistics(make_config, tmp_path):
+    """MoE routing statistics and the aux loss are means over all processes: two processes (one
+    micro-batch each) log what one process logs for the same two micro-batches, not rank 0's alone."""
+    config = make_config("moe", train={**TRAIN, "max_steps": 2, "eval_interval": 0, "ckpt_interval": 0})
+    assert train(load_run_config(config), tmp_path / "one").status == "completed"
+    proc = torchrun(config, tmp_path / "two")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("MoE dispatch 'capacity' (factor 1.5)") == 1  # said once, at the start
+    one, two = train_rows(tmp_path / "one"), train_rows(tmp_path / "two")
+    for key in ("aux_loss", "moe_load", "moe_dropped_frac", "moe_max_load", "moe_router_entropy"):
+        torch.testing.assert_close(torch.tensor([r[key] for r in two]), torch.tensor([r[key] for r in one]),
+                                   rtol=1e-4, atol=1e-6, msg=lambda m: f"{key}: {m}")

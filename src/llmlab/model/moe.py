@@ -319,3 +319,58 @@ def moe_params(d_model: int, cfg: MoEConfig, mlp: str, bias: bool) -> tuple[int,
     n_shared = cfg.n_shared_experts
     shared = mlp_params(d_model, n_shared * cfg.d_ff_expert, mlp, bias) if n_shared else 0
     return router + cfg.n_experts * expert + shared, router + cfg.top_k * expert + shared
+
+
+# -- which dispatch runs where ---------------------------------------------------------------------
+
+CAPACITY_ADVICE = (
+    "--set model.moe.dispatch=capacity --set model.moe.capacity_factor=1.25: fixed (E, C, d) buffers + "
+    "bmm, 1.25x the top-k expert work, compiles fullgraph in bf16. What it changes: an expert takes at "
+    "most C = ceil(1.25 * top_k * tokens / n_experts) assignments a micro-batch; the overflow is dropped "
+    "(those tokens pass through the residual), latest positions first, and counted per layer in "
+    "moe_dropped_frac"
+)
+
+
+def dispatch_advice(cfg: MoEConfig | None, device: torch.device | str, *, compile: bool = False,
+                    dtype: torch.dtype | None = None) -> str | None:
+    """One line for the start of `llmlab train` and for `llmlab plan`: which MoE dispatch will run
+    on `device` (the configured one: nothing switches silently) and where it is slow or will not
+    compile. None for a dense model. `compile` / `dtype`: the run's train.compile and compute dtype
+    (autocast dtype, else fp32), when known."""
+    if cfg is None:
+        return None
+    device = torch.device(device)
+    if cfg.dispatch == "grouped":
+        return _grouped_advice(device, compile, dtype)
+    if cfg.dispatch == "capacity" and cfg.capacity_factor is None:
+        return (f"MoE dispatch 'capacity' without capacity_factor: dropless, but each expert computes all "
+                f"N token slots, {cfg.n_experts / cfg.top_k:.1f}x the top-k expert work; use 'grouped' "
+                "(dropless, top-k work) where it is fast (CPU, sm90+ GPUs), or set a capacity_factor")
+    if cfg.dispatch == "capacity":
+        cf = cfg.capacity_factor
+        return (f"MoE dispatch 'capacity' (factor {cf:g}): fixed (E, C, d) buffers + bmm, {cf:g}x the top-k "
+                f"expert work, compiles in any dtype; assignments beyond C = ceil({cf:g} * top_k * tokens / "
+                "n_experts) per expert and micro-batch are dropped (latest positions first) and counted per "
+                "layer in moe_dropped_frac")
+    return ("MoE dispatch 'loop': the per-expert reference, eager only (data-dependent shapes) and slow; "
+            "train with 'grouped' or 'capacity'")
+
+
+def _grouped_advice(device: torch.device, compile: bool, dtype: torch.dtype | None) -> str:
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        where = f"{torch.cuda.get_device_name(device)} (sm{major}{minor})"
+        if (major, minor) < (9, 0):
+            # torch._grouped_mm's CUDA kernel needs sm90+; below it the op loops over experts on
+            # the host after a device-to-host sync of the offsets (pytorch/pytorch#186620).
+            return (f"MoE dispatch 'grouped' on {where}: torch._grouped_mm has its fast kernel on sm90+ "
+                    "only; below it falls back to a per-expert loop with a device-to-host sync, very slow "
+                    f"(pytorch/pytorch#186620). Recommended: {CAPACITY_ADVICE}")
+        return f"MoE dispatch 'grouped' on {where}: dropless, torch._grouped_mm's sm90+ kernel, compiles in bf16"
+    advice = f"MoE dispatch 'grouped' on {device.type}: dropless, one matmul per expert (eager, fp32 or bf16)"
+    if compile and dtype != torch.bfloat16:
+        advice += (f"; torch.compile of it needs bf16 (torch._grouped_mm), this run is {str(dtype or torch.float32).removeprefix('torch.')}: "
+                   "set train.compile = false, or --set model.moe.dispatch=capacity (dropless without a "
+                   "capacity_factor, but E x N slots of work)")
+    return advice

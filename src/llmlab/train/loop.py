@@ -27,6 +27,7 @@ from torch import nn
 
 from llmlab.config import RunConfig
 from llmlab.errors import LLMLabError
+from llmlab.model.moe import dispatch_advice
 from llmlab.runs import write_json
 from llmlab.train import checkpoint, distributed
 from llmlab.train.evaluate import evaluate_split
@@ -141,6 +142,9 @@ def _build(cfg: RunConfig, run_dir: Path, info: DistInfo) -> Run:
         torch.backends.cudnn.allow_tf32 = True
     model = build_model(cfg.model, tc.seed, info.device)
     amp = autocast_dtype(tc, info.device)
+    advice = dispatch_advice(cfg.model.moe, info.device, compile=tc.compile, dtype=amp)
+    if advice and info.is_main:  # which MoE dispatch runs on this device, and where it is slow
+        print(f"llmlab: {advice}", flush=True)
     train_module = distributed.wrap_for_training(LossHead(model, amp, info.device.type), model, info, tc.parallelism)
     # DDP's optimizer splits graphs at gradient-bucket boundaries (overlapping all-reduce with
     # backward), so fullgraph is for single-process and FSDP runs only.

@@ -81,15 +81,22 @@ def train_step(
         for name, value in stats.items():
             stats_sum[name] = stats_sum.get(name, 0) + value.detach()
     grad_norm = _grad_norm(model, grad_clip)
-    loss = all_reduce_mean(loss_sum / grad_accum)
+    loss, aux, *stat_means = _mean_over_update([loss_sum, aux_sum, *stats_sum.values()], grad_accum)
     # One host sync per update: a NaN must be caught before it reaches the weights.
     loss_f, grad_f = loss.item(), grad_norm.item()
     applied = math.isfinite(loss_f) and math.isfinite(grad_f)
     if applied:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    stats = {name: value / grad_accum for name, value in stats_sum.items()}
-    return StepResult(loss_f, (aux_sum / grad_accum).item(), grad_f, stats, applied)
+    return StepResult(loss_f, aux.item(), grad_f, dict(zip(stats_sum, stat_means)), applied)
+
+
+def _mean_over_update(sums: list[torch.Tensor], grad_accum: int) -> list[torch.Tensor]:
+    """Each sum over this rank's micro-steps -> its mean over the update's micro-steps on all
+    ranks, in one all-reduce. The MoE aux loss and routing statistics too: each rank routes other
+    tokens, so rank 0's figures alone would describe only its share of the batch."""
+    flat = all_reduce_mean(torch.cat([s.reshape(-1).float() for s in sums]) / grad_accum)
+    return [mean.view(s.shape) for mean, s in zip(flat.split([s.numel() for s in sums]), sums)]
 
 
 def _grad_norm(model: nn.Module, grad_clip: float) -> torch.Tensor:
