@@ -335,18 +335,17 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _dispatch_advice(campaign: Any) -> dict[str, str]:
-    """llmlab.model.moe.dispatch_advice's message for each MoE variant, on its training device."""
-    from llmlab.device import resolve_device
-    from llmlab.model import moe
+    """llmlab.model.moe.dispatch_advice's line for each MoE variant, on its training device."""
+    from llmlab.device import resolve_device, resolve_dtype
+    from llmlab.model.moe import dispatch_advice
 
     out: dict[str, str] = {}
-    if not hasattr(moe, "dispatch_advice"):  # TODO(issue 8 item 5): lands with the MoE dispatch work
-        return out
     for v in campaign.variants:
-        if v.config.model.moe is not None:
-            message = moe.dispatch_advice(v.config.model.moe, resolve_device(v.config.train.device))
-            if message:
-                out[v.name] = message
+        device = resolve_device(v.config.train.device)
+        message = dispatch_advice(v.config.model.moe, device, compile=v.config.train.compile,
+                                  dtype=resolve_dtype(v.config.train.dtype, device))
+        if message:
+            out[v.name] = message
     return out
 
 

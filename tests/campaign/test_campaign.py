@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from llmlab.campaign.plan import load_campaign, plan_rows
 from llmlab.campaign.report import write_report
+from llmlab.config import dump_toml, load_run_config
 from llmlab.errors import ConfigError, LLMLabError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -23,15 +27,71 @@ def write_campaign(tmp_path: Path, body: str) -> Path:
 def test_demo_campaign_variants_match_active_parameters() -> None:
     campaign = load_campaign(REPO / "configs/campaigns/demo.toml")
     names = [v.name for v in campaign.variants]
-    assert names == ["base", "base+gqa", "base+gqa+moe"]
+    assert names == ["base", "base+gqa", "base+gqa+moe", "base+gqa (kv only)"]
     rows = plan_rows(campaign)
-    assert all(abs(r["vs_first"] - 1) <= 0.01 for r in rows)
-    assert len({r["tokens"] for r in rows}) == 1  # equal budget
+    assert all(abs(r["vs_first"] - 1) <= 0.01 for r in rows if r["role"] != "ablation")
+    assert len({r["tokens"] for r in rows}) == 1  # equal budget, the ablation's too
     # the shared recipe's [model] keys (the byte vocabulary) override each variant's model file
     assert {v.config.model.vocab_size for v in campaign.variants} == {257}
-    base, gqa, moe = campaign.variants
+    base, gqa, moe, kv_only = campaign.variants
     assert gqa.config.model.n_kv_heads < base.config.model.n_kv_heads
     assert moe.config.model.moe is not None and moe.params["total"] > base.params["total"]
+
+
+def test_demo_campaign_has_the_gqa_ablation_labelled() -> None:
+    """base+gqa (kv only): base's query heads, base+gqa's KV heads, fewer parameters, an ablation."""
+    campaign = load_campaign(REPO / "configs/campaigns/demo.toml")
+    rows = {r["variant"]: r for r in plan_rows(campaign)}
+    base, gqa = (campaign.variants[i].config.model for i in (0, 1))
+    kv_only = next(v for v in campaign.variants if v.name == "base+gqa (kv only)")
+    assert kv_only.ablation and rows["base+gqa (kv only)"]["role"] == "ablation"
+    assert (kv_only.config.model.n_heads, kv_only.config.model.n_kv_heads) == (base.n_heads, gqa.n_kv_heads)
+    assert rows["base+gqa (kv only)"]["vs_first"] < 0.99  # fewer parameters: not iso-parameter
+    assert [r["role"] for r in rows.values()] == ["baseline", "compared", "compared", "ablation"]
+    out = subprocess.run([sys.executable, "-m", "llmlab", "plan", str(REPO / "configs/campaigns/demo.toml"),
+                          "--memory-gb", "1"], capture_output=True, text=True, check=True).stdout
+    assert re.search(r"base\+gqa \(kv only\)\s+ablation", out)
+    assert "memory budget 1.0 GiB (--memory-gb)" in out
+
+
+@pytest.mark.parametrize("override, field", [
+    ("[variant.train]\nseed = 1", "train.seed"),
+    ('[variant.data]\ndataset = "wikitext-2"', "data.dataset"),
+    ("[variant.train]\nmax_tokens = 8192", "train.max_tokens"),
+    ("[variant.train]\nseq_len = 64", "train.seq_len"),
+])
+def test_plan_refuses_a_non_ablation_recipe_override(tmp_path: Path, override: str, field: str) -> None:
+    body = f"""
+[train]
+max_tokens = 4096
+[[variant]]
+name = "base"
+include = "{REPO}/configs/models/tiny.toml"
+[[variant]]
+name = "other"
+include = "{REPO}/configs/models/tiny.toml"
+"""
+    with pytest.raises(ConfigError, match=rf"variant 'other' sets {re.escape(field)} = .*ablation = true"):
+        load_campaign(write_campaign(tmp_path, body + override + "\n"))
+    ablation = load_campaign(write_campaign(tmp_path, body + "ablation = true\n" + override + "\n"))
+    assert plan_rows(ablation)[1]["differs"].startswith(field)  # allowed, and shown
+
+
+def test_plan_command_refuses_a_seed_override_in_one_line(tmp_path: Path) -> None:
+    path = write_campaign(tmp_path, f"""
+[[variant]]
+name = "base"
+include = "{REPO}/configs/models/tiny.toml"
+[[variant]]
+name = "lucky"
+include = "{REPO}/configs/models/tiny.toml"
+[variant.train]
+seed = 7
+""")
+    proc = subprocess.run([sys.executable, "-m", "llmlab", "plan", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("llmlab: error: variant 'lucky' sets train.seed = 7 ('base': 0)")
+    assert len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_mismatched_variant_is_refused(tmp_path: Path) -> None:
@@ -58,15 +118,31 @@ def test_campaign_errors(tmp_path: Path) -> None:
         load_campaign(write_campaign(tmp_path, '[[variant]]\nname = "a"\n[variant.modle]\nn_heads = 2\n'))
 
 
-def fake_run(run_dir: Path, val: float, moe: bool) -> None:
+def test_generate_spec_is_validated(tmp_path: Path) -> None:
+    variant = f'[[variant]]\nname = "a"\ninclude = "{REPO}/configs/models/tiny.toml"\n'
+    with pytest.raises(ConfigError, match="exceeds variant 'a'"):
+        load_campaign(write_campaign(tmp_path, "[generate]\ncontexts = [512]\n" + variant))
+    with pytest.raises(ConfigError, match="must be below every context"):
+        load_campaign(write_campaign(tmp_path, "[generate]\ncontexts = [16]\nnew_tokens = 16\n" + variant))
+    with pytest.raises(ConfigError, match="batch_sizes must be a non-empty list"):
+        load_campaign(write_campaign(tmp_path, "[generate]\nbatch_sizes = []\n" + variant))
+
+
+def fake_run(run_dir: Path, val: float, moe: bool, kv_heads: int = 4) -> None:
+    """A finished run's records, written by hand: tiny model (byte vocabulary), a 2-point sweep."""
     run_dir.mkdir(parents=True)
-    (run_dir / "config.toml").write_text("")
+    cfg = load_run_config(REPO / "configs/runs/tiny.toml", [f"model.n_kv_heads={kv_heads}"])
+    (run_dir / "config.toml").write_text(dump_toml(cfg.to_dict()))
     (run_dir / "result.json").write_text(json.dumps({
         "status": "completed", "val_loss": val, "test_loss": val + 0.1, "test_ppl": 2.0, "tokens_per_s": 1000.0,
         "tokens": 4096, "params": {"active_non_embedding": 100, "total": 300 if moe else 100,
                                    "kv_cache_bytes_per_token": 64}}))
+    case = lambda tok_s: {"prefill_s": 0.002, "decode_tokens_per_s": tok_s}  # noqa: E731
+    points = [{"context": 64, "batch_size": 1, "cases": {"kv_cache": case(50.0), "no_cache": case(10.0)}},
+              {"context": 256, "batch_size": 8, "cases": {"kv_cache": case(300.0), "no_cache": case(20.0)}}]
     (run_dir / "infer.json").write_text(json.dumps(
-        {"tokens_per_s_kv_cache": 50.0, "tokens_per_s_no_cache": 10.0, "kv_cache_speedup": 5.0}))
+        {"points": points, "tokens_per_s_kv_cache": 50.0, "tokens_per_s_no_cache": 10.0, "kv_cache_speedup": 5.0,
+         "dtype": "float32"}))
     rows = [{"step": 1, "loss": 5.0, "tokens": 2048}, {"step": 1, "val_loss": val}]
     if moe:
         rows.append({"step": 2, "loss": 4.0, "tokens": 4096, "moe_load": [[0.5, 0.25, 0.25, 0.0]],
@@ -77,15 +153,24 @@ def fake_run(run_dir: Path, val: float, moe: bool) -> None:
 def test_report_reads_records_in_campaign_order(tmp_path: Path) -> None:
     fake_run(tmp_path / "b", 3.5, moe=False)
     fake_run(tmp_path / "a", 3.0, moe=True)
+    fake_run(tmp_path / "k", 3.6, moe=False, kv_heads=2)
     (tmp_path / "campaign.json").write_text(json.dumps(
-        {"variants": [{"name": "base", "dir": "b"}, {"name": "base+moe", "dir": "a"}]}))
-    report = write_report(tmp_path)
+        {"variants": [{"name": "base", "dir": "b"}, {"name": "base+moe", "dir": "a"},
+                      {"name": "base (kv only)", "dir": "k", "ablation": True}]}))
+    report = write_report(tmp_path, memory_gb=1.0)
     rows = report["rows"]
-    assert [r["variant"] for r in rows] == ["base", "base+moe"]
+    assert [r["variant"] for r in rows] == ["base", "base+moe", "base (kv only)"]
     assert rows[1]["moe_max_load"] == 2.0 and rows[1]["moe_min_load"] == 0.0 and rows[1]["moe_dropped_frac"] == 0.1
     assert "moe_max_load" not in rows[0]
     md = (tmp_path / "report.md").read_text()
-    assert "| base+moe | 100 | 300 | 64 | 3.0000 | 3.1000 |" in md
+    assert "| base+moe | compared | 100 | 300 | 3.0000 | 3.1000 |" in md
+    assert "| base (kv only) | ablation | 100 | 100 | 3.6000 |" in md  # labelled
+    # memory at a 1 GiB budget, fp32 (from infer.json): half the KV heads, about twice the batch
+    memory = md.split("## Memory")[1].split("##")[0]
+    assert "memory budget 1.0 GiB (--memory-gb), fp32 decode, batch at seq_len 128" in memory
+    assert "| base | 4,096 | 3,544,064 |" in memory and "| base (kv only) | 2,048 | 3,281,920 |" in memory
+    # the decode sweep: one row per variant and point, speedup over the no-cache baseline
+    assert "| base+moe | 256 | 8 | 2.0 | 300.0 | 20.0 | 15.00 |" in md
     assert (tmp_path / "report.csv").read_text().startswith("variant,")
 
 
@@ -97,16 +182,12 @@ def test_report_without_runs_is_a_clear_error(tmp_path: Path) -> None:
 def test_shipped_campaigns_plan() -> None:
     for path in sorted((REPO / "configs/campaigns").glob("*.toml")):
         campaign = load_campaign(path)
-        assert len(campaign.variants) == 3, path
+        assert [v.name for v in campaign.variants] == ["base", "base+gqa", "base+gqa+moe", "base+gqa (kv only)"]
+        assert [v.ablation for v in campaign.variants] == [False, False, False, True], path
         assert len({v.config.data.tokenizer for v in campaign.variants}) == 1  # one tokenizer for all
 
 
-def test_campaign_runs_end_to_end_and_resumes(tmp_path: Path) -> None:
-    """Two tiny variants: train, measure decode, report; a second run retrains nothing."""
-    from llmlab.campaign.run import run_campaign
-
-    path = tmp_path / "mini.toml"
-    path.write_text(f"""
+MINI = """
 name = "mini"
 [model]
 vocab_size = 257
@@ -117,9 +198,9 @@ head_dim = 16
 d_ff = 64
 max_seq_len = 64
 [data]
-dataset = "pydocs"
+dataset = "{corpus}"
 tokenizer = "byte"
-dir = "{tmp_path / 'data'}"
+dir = "{data}"
 [train]
 seq_len = 32
 micro_batch_size = 4
@@ -130,6 +211,9 @@ ckpt_interval = 0
 log_interval = 1
 warmup = 1
 [generate]
+contexts = [16, 48]
+batch_sizes = [1, 2]
+new_tokens = 4
 prompt = "def "
 max_new_tokens = 8
 repeats = 1
@@ -140,17 +224,76 @@ name = "mqa"
 [variant.model]
 n_heads = 3
 n_kv_heads = 1
-""")
+"""
+
+
+@pytest.fixture(scope="module")
+def mini(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The mini campaign's text, on a small corpus folder (train/val/test) prepared once: the
+    whole test split is evaluated at the end of every run, so it is kept to a few windows."""
+    from pydoc_data.topics import topics
+
+    root = tmp_path_factory.mktemp("mini")
+    text = "\n".join(topics.values())
+    for split, (start, size) in {"train": (0, 40_000), "val": (40_000, 2_000), "test": (42_000, 2_000)}.items():
+        (root / "corpus" / split).mkdir(parents=True)
+        (root / "corpus" / split / "doc.txt").write_text(text[start:start + size])
+    return MINI.replace("{corpus}", str(root / "corpus")).replace("{data}", str(root / "data"))
+
+
+def mtimes(out: Path, name: str) -> tuple[float, float]:
+    return tuple((out / d / name).stat().st_mtime_ns for d in ("mha", "mqa"))
+
+
+def test_campaign_runs_end_to_end_and_keeps_its_records_honest(tmp_path: Path, mini: str) -> None:
+    """Two tiny variants: train, sweep decode, report. A rerun retrains and re-times nothing; an
+    edited budget or model is refused naming the field, and campaign.json is left alone;
+    --retrain retrains only that variant; --remeasure or a changed sweep re-times infer.json."""
+    from llmlab.campaign.run import run_campaign
+
+    path, out = tmp_path / "mini.toml", tmp_path / "out"
+    path.write_text(mini)
     campaign = load_campaign(path)
-    dirs = run_campaign(campaign, tmp_path / "out")
+    dirs = run_campaign(campaign, out)
     assert [d.name for d in dirs] == ["mha", "mqa"]
     for d in dirs:
         infer = json.loads((d / "infer.json").read_text())
-        assert infer["new_tokens"] == 8 and infer["tokens_per_s_kv_cache"] > 0
+        assert [(p["context"], p["batch_size"]) for p in infer["points"]] == [(16, 1), (16, 2), (48, 1), (48, 2)]
+        assert set(infer["points"][0]["cases"]) == {"kv_cache", "no_cache"}  # compile = "auto": not on a CPU
+        assert infer["headline"] == {"context": 48, "batch_size": 1} and infer["tokens_per_s_kv_cache"] > 0
         assert infer["sample"].startswith("def ")
-    rows = write_report(tmp_path / "out")["rows"]
+        assert (d / "fingerprint.json").is_file()
+    rows = write_report(out)["rows"]
     assert [r["variant"] for r in rows] == ["mha", "mqa"]
     assert rows[1]["kv_bytes_per_token"] * 2 == rows[0]["kv_bytes_per_token"]
-    mtime = (dirs[0] / "result.json").stat().st_mtime
-    run_campaign(campaign, tmp_path / "out")  # finished variants are not retrained
-    assert (dirs[0] / "result.json").stat().st_mtime == mtime
+    trained, timed = mtimes(out, "result.json"), mtimes(out, "infer.json")
+    run_campaign(campaign, out)  # finished variants are neither retrained nor re-timed
+    assert mtimes(out, "result.json") == trained and mtimes(out, "infer.json") == timed
+
+    record = (out / "campaign.json").read_text()
+    for edit, field in (("max_steps = 3", "max_steps = 4"), ("d_ff = 64", "d_ff = 96")):
+        path.write_text(mini.replace(edit, field))
+        key = "train.max_steps" if "steps" in edit else "model.d_ff"
+        old, new = edit.split(" = ")[1], field.split(" = ")[1]
+        with pytest.raises(ConfigError, match=rf"variant 'mha' in .* was run with {key} = {old}, the campaign "
+                                              rf"now says {new}.*--retrain 'mha'"):
+            run_campaign(load_campaign(path), out)
+        assert (out / "campaign.json").read_text() == record  # never rewritten to describe other runs
+
+    edited = load_campaign(path)  # d_ff 96 for both: retrain only mqa, mha is still refused
+    with pytest.raises(ConfigError, match="variant 'mha'"):
+        run_campaign(edited, out, retrain=["mqa"])
+    with pytest.raises(ConfigError, match="--retrain 'nope': no such variant"):
+        run_campaign(campaign, out, retrain=["nope"])
+    run_campaign(campaign, out, retrain=["mqa"])  # back to the original config: retrain mqa alone
+    after = mtimes(out, "result.json")
+    assert after[0] == trained[0] and after[1] != trained[1]
+
+    timed = mtimes(out, "infer.json")
+    run_campaign(campaign, out, remeasure=True)
+    assert all(a != b for a, b in zip(mtimes(out, "infer.json"), timed))
+    timed = mtimes(out, "infer.json")
+    path.write_text(mini.replace("repeats = 1", "repeats = 2"))
+    run_campaign(load_campaign(path), out)  # a changed measurement spec is measured again, never kept
+    assert all(a != b for a, b in zip(mtimes(out, "infer.json"), timed))
+    assert json.loads((out / "mha" / "infer.json").read_text())["spec"]["repeats"] == 2

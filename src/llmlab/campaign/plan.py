@@ -5,8 +5,12 @@ include = "../runs/_pydocs-tiny.toml"     # shared [data], [train] and [model] k
 match = "active_non_embedding"            # what every variant must have equal, within tolerance
 tolerance = 0.01
 
-[generate]                                # the inference measurement after training
-prompt = "def "
+[generate]                                # the inference sweep after training
+contexts = [64, 192]                      # sequence length at the last decoded token
+batch_sizes = [1, 8]
+new_tokens = 32                           # decode steps timed at each point
+compile = "auto"                          # compiled decode too: auto = on CUDA only
+prompt = "def "                           # the sample printed in the report
 max_new_tokens = 64
 
 [[variant]]
@@ -17,11 +21,21 @@ name = "base+gqa"
 include = "../models/tiny-gqa.toml"
 [variant.train]                           # any [model]/[data]/[train] table overrides
 lr = 1e-3
+[[variant]]
+name = "base+gqa (kv only)"
+ablation = true                           # exempt from the match, labelled everywhere
+include = "../models/tiny.toml"
+[variant.model]
+n_kv_heads = 2
 ```
 
-Every variant gets the same data, tokenizer and training budget unless it overrides them, which
-`plan` reports. A variant whose matched figure is more than `tolerance` off the first variant's is
-an error: the comparison would not be at equal parameters.
+Every variant gets the same data, tokenizer, seq_len, tokens per update, budget and seed: a
+variant that changes any of them (RECIPE_KEYS) is refused unless it is marked `ablation = true`.
+A variant whose matched figure is more than `tolerance` off the first variant's is an error: the
+comparison would not be at equal parameters. Ablations are exempt from both rules and are
+labelled as such in the plan and the report, never silently treated as iso-parameter (DESIGN.md 9).
+Run directories are `<out>/<variant name>`: one record per variant, with room below it for
+per-LR and per-seed runs.
 """
 
 from __future__ import annotations
@@ -36,13 +50,45 @@ from llmlab.model.accounting import count
 
 CAMPAIGN_KEYS = ("name", "match", "tolerance", "generate", "variant")
 MATCH_KEYS = ("active_non_embedding", "active", "non_embedding", "total", "none")
+# What "equal data and budget" means: a non-ablation variant must share these with the first one.
+RECIPE_KEYS = ("data.dataset", "data.tokenizer", "data.dir", "train.seq_len", "train.tokens_per_update",
+               "train.max_tokens", "train.max_steps", "train.seed")
 
 
 @dataclass
 class GenerateSpec:
-    prompt: str = "The "
-    max_new_tokens: int = 64
+    """The inference sweep: decode tokens/s at each (context, batch size), with and without the
+    KV cache (and compiled, where it pays), prefill timed apart; then one sampled text."""
+
+    contexts: list[int] = field(default_factory=lambda: [64])
+    """Sequence lengths reached: a prompt of context - new_tokens tokens, then new_tokens decoded
+    (llmlab.infer.measure.measure_decode), so the last step attends over `context` positions."""
+    batch_sizes: list[int] = field(default_factory=lambda: [1])
+    new_tokens: int = 32
+    """Tokens generated at each point: the first ends prefill (time to first token), the rest are
+    decode. new_tokens < every context <= every variant's max_seq_len."""
+    compile: bool | str = "auto"
+    """Also time a torch.compile'd decode step: true | false | "auto" (on CUDA only: on a CPU at
+    small sizes compiling does not pay; see configs/campaigns/demo.toml)."""
     repeats: int = 3
+    """Interleaved repeats per case; the median is reported."""
+    prompt: str = "The "
+    """The sample's prompt (temperature 0.8, top-k 50), printed in the report."""
+    max_new_tokens: int = 64
+
+    def __post_init__(self) -> None:
+        for name in ("contexts", "batch_sizes"):
+            values = getattr(self, name)
+            if not isinstance(values, list) or not values or not all(isinstance(v, int) and v > 0 for v in values):
+                raise ConfigError(f"generate.{name} must be a non-empty list of positive integers; got {values!r}")
+        for name in ("new_tokens", "repeats", "max_new_tokens"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ConfigError(f"generate.{name} must be a positive integer; got {getattr(self, name)!r}")
+        if self.compile not in (True, False, "auto"):
+            raise ConfigError(f'generate.compile must be true, false or "auto"; got {self.compile!r}')
+
+    def compiled_on(self, device_type: str) -> bool:
+        return device_type == "cuda" if self.compile == "auto" else bool(self.compile)
 
 
 @dataclass
@@ -50,6 +96,8 @@ class Variant:
     name: str
     config: RunConfig
     params: dict[str, int]
+    ablation: bool = False
+    """Exempt from the parameter match and the equal-recipe rule; labelled as an ablation."""
 
 
 @dataclass
@@ -88,8 +136,15 @@ def load_campaign(path: str | Path, overrides: list[str] = ()) -> Campaign:
         base, own = _variant_tables(path, spec)
         merged = apply_overrides(deep_merge(deep_merge(base, shared), own), list(overrides))
         cfg = run_config_from_dict(merged)
-        campaign.variants.append(Variant(name, cfg, count(cfg.model, seq_len=cfg.train.seq_len)))
+        ablation = spec.get("ablation", False)
+        if not isinstance(ablation, bool):
+            raise ConfigError(f"{path}: variant {name!r}: ablation must be true or false; got {ablation!r}")
+        campaign.variants.append(Variant(name, cfg, count(cfg.model, seq_len=cfg.train.seq_len), ablation))
+    if campaign.variants[0].ablation:
+        raise ConfigError(f"{path}: the first variant is the baseline and cannot be an ablation")
+    check_recipe(campaign)
     check_match(campaign)
+    check_generate(campaign)
     return campaign
 
 
@@ -98,9 +153,10 @@ def _variant_tables(path: Path, spec: dict[str, Any]) -> tuple[dict[str, Any], d
     files (its model), then the campaign's shared tables, then the variant's own tables, as a run
     config's `include = [model, recipe]` does: the shared recipe (vocabulary, data, budget) applies
     to every variant; what a variant writes itself wins."""
-    unknown = set(spec) - {"name", "include", "model", "data", "train"}
+    unknown = set(spec) - {"name", "ablation", "include", "model", "data", "train"}
     if unknown:
-        raise ConfigError(f"{path}: unknown key variant.{sorted(unknown)[0]} (valid: name, include, model, data, train)")
+        raise ConfigError(f"{path}: unknown key variant.{sorted(unknown)[0]} "
+                          "(valid: name, ablation, include, model, data, train)")
     includes = spec.get("include", [])
     base: dict[str, Any] = {}
     for inc in [includes] if isinstance(includes, str) else includes:
@@ -108,11 +164,54 @@ def _variant_tables(path: Path, spec: dict[str, Any]) -> tuple[dict[str, Any], d
     return base, {k: spec[k] for k in ("model", "data", "train") if k in spec}
 
 
+def recipe_diffs(ref: RunConfig, cfg: RunConfig) -> list[tuple[str, Any, Any]]:
+    """(key, baseline value, variant value) for each RECIPE_KEYS setting that differs."""
+    a, b = flatten(ref.to_dict()), flatten(cfg.to_dict())
+    return [(k, a.get(k), b.get(k)) for k in RECIPE_KEYS if a.get(k) != b.get(k)]
+
+
+def check_recipe(campaign: Campaign) -> None:
+    """Equal data, tokenizer, seq_len, tokens per update, budget and seed for every non-ablation."""
+    ref = campaign.variants[0]
+    for v in campaign.variants[1:]:
+        diffs = recipe_diffs(ref.config, v.config)
+        if diffs and not v.ablation:
+            key, old, new = diffs[0]
+            raise ConfigError(
+                f"variant {v.name!r} sets {key} = {new!r} ({ref.name!r}: {old!r}); every compared variant "
+                "shares the data, tokenizer, seq_len, tokens_per_update, budget and seed: remove the "
+                "override or mark the variant ablation = true")
+
+
+def check_generate(campaign: Campaign) -> None:
+    gen = campaign.generate
+    if gen.new_tokens >= min(gen.contexts):
+        raise ConfigError(f"generate.new_tokens ({gen.new_tokens}) must be below every context "
+                          f"(the shortest is {min(gen.contexts)}): the prompt is context - new_tokens tokens")
+    for v in campaign.variants:
+        if max(gen.contexts) > v.config.model.max_seq_len:
+            raise ConfigError(f"generate.contexts: {max(gen.contexts)} exceeds variant {v.name!r}'s "
+                              f"model.max_seq_len ({v.config.model.max_seq_len})")
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested tables as dotted keys: {"train": {"lr": 1}} -> {"train.lr": 1}."""
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def check_match(campaign: Campaign) -> None:
     if campaign.match == "none":
         return
     ref = campaign.variants[0]
     for v in campaign.variants[1:]:
+        if v.ablation:
+            continue  # labelled as an ablation instead
         a, b = ref.params[campaign.match], v.params[campaign.match]
         if abs(b / a - 1) > campaign.tolerance:
             raise ConfigError(
@@ -128,8 +227,11 @@ def plan_rows(campaign: Campaign) -> list[dict[str, Any]]:
     ref = campaign.variants[0].params
     for v in campaign.variants:
         m, t = v.config.model, v.config.train
+        diffs = recipe_diffs(campaign.variants[0].config, v.config)
         rows.append({
             "variant": v.name,
+            "role": "ablation" if v.ablation else "baseline" if v is campaign.variants[0] else "compared",
+            "differs": ", ".join(f"{k}={new!r}" for k, _, new in diffs) or None,
             "heads": f"{m.n_heads}/{m.n_kv_heads}",
             "moe": f"{m.moe.n_experts}x top-{m.moe.top_k}" if m.moe else "-",
             "total": v.params["total"],

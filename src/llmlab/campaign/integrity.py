@@ -1,0 +1,115 @@
+"""A campaign's record answers only the question it was made for (DESIGN.md 9).
+
+Each variant's run directory holds `fingerprint.json`: its resolved config (flattened) and the
+identity of its data (meta.json's fingerprint and the tokenizer hash). Rerunning a campaign
+compares every variant's record with what the campaign file now resolves to; a difference is
+refused, naming the field and both values, unless that variant is retrained (`--retrain NAME`,
+which deletes its run directory first) or the campaign goes to a fresh `--out`. All variants are
+checked before anything is written, so `campaign.json` never describes runs it does not match.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from llmlab.campaign.plan import Campaign, flatten
+from llmlab.config import DataConfig, RunConfig
+from llmlab.errors import ConfigError
+from llmlab.runs import read_json, write_json
+
+FINGERPRINT_FILE = "fingerprint.json"
+# Settings that change neither the weights nor the record's figures: where files are and how often
+# progress is written. (The data's identity is its fingerprint, not the folder it sits in.)
+IGNORED_KEYS = ("train.log_interval", "train.ckpt_interval", "train.keep_checkpoints",
+                "data.dir", "data.source_dir", "data.tokenizer_file")
+
+
+def run_dirname(name: str) -> str:
+    """A variant's run directory name: its name with anything but [A-Za-z0-9-_.] as '-'.
+    (Issue 9's LR sweeps and seeds go below it: <variant>/lr-.../seed-N.)"""
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
+
+
+def data_identity(data: DataConfig) -> dict[str, Any]:
+    """Prepare the data when missing (as training would) and return its identity from meta.json."""
+    from llmlab.data.meta import read_meta
+    from llmlab.data.prepare import ensure_prepared
+
+    meta = read_meta(ensure_prepared(data))
+    return {"data.fingerprint": meta.get("fingerprint"), "tokenizer.hash": meta.get("tokenizer", {}).get("hash")}
+
+
+def fingerprint(cfg: RunConfig, data: dict[str, Any]) -> dict[str, Any]:
+    """{"fields": {dotted key: value}, "sha256": ...} of a resolved config and its data identity."""
+    fields = {k: v for k, v in flatten(cfg.to_dict()).items() if k not in IGNORED_KEYS} | data
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+    return {"fields": fields, "sha256": digest}
+
+
+def differences(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    a, b = old.get("fields", {}), new.get("fields", {})
+    return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+def _mismatch(name: str, run_dir: Path, new: dict[str, Any]) -> str | None:
+    """Why run_dir's record does not match `new` (None when it does, or holds nothing yet)."""
+    if not run_dir.is_dir() or not any(run_dir.iterdir()):
+        return None
+    path = run_dir / FINGERPRINT_FILE
+    if not path.is_file():
+        return f"{run_dir} holds a run without {FINGERPRINT_FILE}: it cannot be shown to match variant {name!r}"
+    diffs = differences(read_json(path), new)
+    if not diffs:
+        return None
+    key, old, now = diffs[0]
+    more = f" (and {len(diffs) - 1} more: {', '.join(k for k, _, _ in diffs[1:])})" if len(diffs) > 1 else ""
+    return f"variant {name!r} in {run_dir} was run with {key} = {old!r}, the campaign now says {now!r}{more}"
+
+
+def check_records(campaign: Campaign, out: Path, fingerprints: dict[str, dict[str, Any]],
+                  retrain: list[str]) -> list[Path]:
+    """Raise naming every variant whose record differs (unless in `retrain`); return the run
+    directories to delete before retraining."""
+    names = [v.name for v in campaign.variants]
+    unknown = [n for n in retrain if n not in names]
+    if unknown:
+        raise ConfigError(f"--retrain {unknown[0]!r}: no such variant (variants: {', '.join(names)})")
+    problems, stale = [], []
+    for name in names:
+        run_dir = out / run_dirname(name)
+        if name in retrain:
+            if run_dir.is_dir():
+                stale.append(_deletable(run_dir))
+            continue
+        problem = _mismatch(name, run_dir, fingerprints[name])
+        if problem:
+            problems.append((name, problem))
+    if problems:
+        raise ConfigError("; ".join(p for _, p in problems)
+                          + f" -- retrain it (--retrain {problems[0][0]!r}) or use a fresh --out")
+    return stale
+
+
+def _deletable(run_dir: Path) -> Path:
+    """run_dir, after checking it is a run directory (so --retrain never deletes anything else)."""
+    if any(run_dir.iterdir()) and not ((run_dir / FINGERPRINT_FILE).is_file() or (run_dir / "config.toml").is_file()):
+        raise ConfigError(f"--retrain: {run_dir} is not a run directory (no {FINGERPRINT_FILE}, no config.toml); "
+                          "not deleting it")
+    return run_dir
+
+
+def reset(run_dirs: list[Path]) -> None:
+    for run_dir in run_dirs:
+        print(f"   --retrain: deleting {run_dir}", flush=True)
+        shutil.rmtree(run_dir)
+
+
+def record(run_dir: Path, fp: dict[str, Any]) -> None:
+    """Write the fingerprint into a run directory (before training, so a half-trained run has one)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not (run_dir / FINGERPRINT_FILE).is_file():
+        write_json(run_dir / FINGERPRINT_FILE, fp)
