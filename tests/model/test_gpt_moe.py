@@ -70,14 +70,17 @@ def test_moe_stats_are_stacked_per_moe_layer() -> None:
     assert_close(out.aux_loss, stats["aux_loss"].sum())
 
 
-def test_moe_capacity_model_compiles_fullgraph_forward_backward() -> None:
+@pytest.mark.parametrize("autocast", [False, True])
+def test_moe_capacity_model_compiles_fullgraph_forward_backward(autocast: bool) -> None:
+    """fp32, and bf16 autocast as on a GPU below sm90 where `capacity` is the recommended dispatch."""
     torch._dynamo.reset()
     model = build(moe_cfg("capacity", capacity_factor=1.25))
     counter = CompileCounterWithBackend("aot_eager")
     compiled = torch.compile(model, fullgraph=True, backend=counter)
     idx = torch.randint(0, 97, (2, 16))
     for _ in range(2):
-        out = compiled(idx)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = compiled(idx)
         loss = torch.nn.functional.cross_entropy(out.logits.flatten(0, 1), idx.flatten()) + out.aux_loss
         loss.backward()
     assert counter.frame_count == 1
