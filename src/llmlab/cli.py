@@ -326,7 +326,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
                        ("active_non_embedding", "active non-emb", ",d"), ("vs_first", "vs first", ".4f"),
                        ("flops_per_token", "FLOPs/token", ",d")])
     print_table(rows, [("variant", "variant", ""), ("tokens", "train tokens", ",d"), ("steps", "updates", ",d"),
-                       ("dataset", "data", ""), ("tokenizer", "tokenizer", ""), ("differs", "ablation overrides", "")])
+                       ("dataset", "data", ""), ("tokenizer", "tokenizer", ""), ("differs", "recipe differs (ablations)", "")])
     print(f"\n{budget}")
     print_table(memory, MEMORY_COLUMNS)
     for name, message in advice.items():
@@ -357,10 +357,14 @@ def _add_campaign(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--retrain", action="append", default=[], metavar="VARIANT",
                    help="delete this variant's run directory and train it again (repeatable); needed when its"
                         " record was made under another config")
-    p.add_argument("--remeasure", action="store_true",
-                   help="time the decode sweep again even where infer.json holds the same measurement")
+    _add_rerun_flags(p)
     _add_memory_gb(p)
     p.set_defaults(func=_cmd_campaign)
+
+
+def _add_rerun_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--remeasure", action="store_true",
+                   help="time the decode sweep again even where infer.json holds the same measurement")
 
 
 def _cmd_campaign(args: argparse.Namespace) -> int:
@@ -398,16 +402,17 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="the whole path in minutes on a CPU: prepare, train 3 variants, generate, compare")
+    p = sub.add_parser("demo", help="the whole path in minutes on a CPU: prepare, train 4 variants, sweep decode, compare")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every variant")
     p.set_defaults(func=_cmd_demo)
 
 
+    _add_rerun_flags(p)
 def _cmd_demo(args: argparse.Namespace) -> int:
     from llmlab.campaign.demo import run_demo
 
-    report = run_demo(args.out, overrides=args.set)
+    report = run_demo(args.out, overrides=args.set, retrain=args.retrain, remeasure=args.remeasure)
     print("\nsamples (temperature 0.8, top-k 50):")
     for row in report["rows"]:
         print(f"  {row['variant']:>14}: {row.get('sample')!r}")

@@ -50,6 +50,17 @@ def fingerprint(cfg: RunConfig, data: dict[str, Any]) -> dict[str, Any]:
     return {"fields": fields, "sha256": digest}
 
 
+def fingerprints(campaign: Campaign) -> dict[str, dict[str, Any]]:
+    """Each variant's fingerprint (its data prepared, once per data folder, when missing)."""
+    data: dict[str, dict[str, Any]] = {}
+    out = {}
+    for v in campaign.variants:
+        key = str(v.config.data.resolved_dir)
+        data[key] = data.get(key) or data_identity(v.config.data)
+        out[v.name] = fingerprint(v.config, data[key])
+    return out
+
+
 def differences(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any, Any]]:
     a, b = old.get("fields", {}), new.get("fields", {})
     return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]

@@ -32,12 +32,7 @@ def run_campaign(campaign: Campaign, out_dir: str | Path, *, retrain: list[str] 
     retrain: variant names whose run directories are deleted and trained again (their records may
     differ from the campaign). remeasure: time every infer.json again."""
     out = Path(out_dir)
-    data_ids: dict[str, dict[str, Any]] = {}
-    fingerprints = {}
-    for v in campaign.variants:
-        key = str(v.config.data.resolved_dir)
-        data_ids[key] = data_ids.get(key) or integrity.data_identity(v.config.data)
-        fingerprints[v.name] = integrity.fingerprint(v.config, data_ids[key])
+    fingerprints = integrity.fingerprints(campaign)
     stale = integrity.check_records(campaign, out, fingerprints, list(retrain))
     integrity.reset(stale)
     out.mkdir(parents=True, exist_ok=True)
