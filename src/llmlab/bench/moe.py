@@ -56,7 +56,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                    help="wall: elapsed time; cpu: this process's CPU time, robust to other jobs on a "
                         "shared machine (use it with --threads 1; CPU devices only)")
-    p.add_argument("--repeats", type=int, default=10, help="timed steps per case (the median is reported)")
+    p.add_argument("--repeats", type=int, default=10, help="timed rounds per run (each case once a round)")
+    p.add_argument("--runs", type=int, default=3,
+                   help="consecutive runs of --repeats rounds: ratios are reported as the range of the runs' medians")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per case first")
     p.add_argument("--breakdown-tokens", type=int, default=2048, help="token count of the phase breakdown (0 = none)")
     p.add_argument("--no-peers", action="store_true", help="skip the Hugging Face Mixtral rows")
@@ -66,6 +68,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     unknown = [d for d in args.dispatch.split(",") if d.strip() not in DISPATCHES]
     if unknown:
         p.error(f"unknown dispatch {unknown[0]!r} (choose from {', '.join(DISPATCHES)})")
+    if args.runs < 1 or args.repeats < 1:
+        p.error(f"--runs ({args.runs}) and --repeats ({args.repeats}) must be >= 1")
     if args.clock == "cpu" and torch.device(args.device).type != "cpu":
         p.error("--clock cpu measures CPU time: use it with --device cpu")
     return args
@@ -141,7 +145,7 @@ def compiled_layers(layers: dict[str, nn.Module], dtype: torch.dtype) -> dict[st
 
 
 def time_cases(cases: dict[str, Callable[[], Any]], args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    """ms per case in args.repeats interleaved rounds (a, b, c, a, b, c, ...), so that noise from a
+    """ms per case in runs x repeats interleaved rounds (a, b, c, a, b, c, ...), so that noise from a
     shared machine falls on all alike, and their median; before that, each case's first call (which
     includes any compilation) is timed apart and args.warmup - 1 more calls are untimed."""
     device = torch.device(args.device)
@@ -159,7 +163,7 @@ def time_cases(cases: dict[str, Callable[[], Any]], args: argparse.Namespace) ->
         for _ in range(args.warmup - 1):
             fn()
     times: dict[str, list[float]] = {name: [] for name in cases}
-    for _ in range(args.repeats):
+    for _ in range(args.runs * args.repeats):
         for name, fn in cases.items():
             times[name].append(timed(fn))
     return {name: {"ms": 1e3 * median(t), "rounds_ms": [1e3 * x for x in t], "first_call_ms": 1e3 * first[name]}
@@ -170,14 +174,18 @@ def time_layers(layers: dict[str, nn.Module], n_tokens: int, args: argparse.Name
                 ) -> dict[str, dict[str, float]]:
     """One forward + backward per layer, on the same input and output gradient, with the median
     over rounds of the time / dense time ratio within each round (pairs close in time, so a load
-    change on the machine between rounds cancels out)."""
+    change on the machine between rounds cancels out), and the range of that median over
+    args.runs consecutive runs of args.repeats rounds (what a README figure quotes)."""
     dtype, device = torch_dtype(args.dtype), torch.device(args.device)
     x = torch.randn(1, n_tokens, args.d_model, device=device, dtype=dtype, requires_grad=True)
     g = torch.randn(1, n_tokens, args.d_model, device=device, dtype=dtype)
     timed = time_cases({name: step(layer, x, g) for name, layer in layers.items()}, args)
     dense = timed["dense"]["rounds_ms"]
     for t in timed.values():
-        t["ratio_to_dense"] = median([a / b for a, b in zip(t.pop("rounds_ms"), dense)])
+        ratios = [a / b for a, b in zip(t.pop("rounds_ms"), dense)]
+        t["ratio_to_dense"] = median(ratios)
+        runs = [median(ratios[i : i + args.repeats]) for i in range(0, len(ratios), args.repeats)]
+        t["ratio_range"] = [min(runs), max(runs)]
     return timed
 
 
@@ -291,6 +299,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                    "mlp": args.mlp, "capacity_factor": args.capacity_factor},
         "clock": args.clock,
         "repeats": args.repeats,
+        "runs": args.runs,
         "warmup": args.warmup,
         "rows": rows,
         "breakdown_tokens": args.breakdown_tokens,
@@ -318,18 +327,19 @@ def print_report(result: dict[str, Any]) -> None:
     env, s = result["env"], result["shapes"]
     print(f"MoE layer forward+backward, {result['dtype']} on {env['device']} ({env['threads']} threads), "
           f"d={s['d_model']}, {s['n_experts']} experts top-{s['top_k']} of width {s['d_ff_expert']} "
-          f"vs dense {s['mlp']} {s['dense_d_ff']}; {result['clock']} clock, median of {result['repeats']}, "
-          "ratio = median of time / dense time in the same round")
+          f"vs dense {s['mlp']} {s['dense_d_ff']}; {result['clock']} clock; dense: median ms; others: time / "
+          f"dense time in the same round, range of the medians of {result['runs']} runs of {result['repeats']} rounds")
     cases = list(dict.fromkeys(r["case"] for r in result["rows"]))
     table = []
     for n in sorted({r["tokens"] for r in result["rows"]}):
         row: dict[str, Any] = {"tokens": n}
         for r in result["rows"]:
             if r["tokens"] == n:
-                row[r["case"]] = r["ms"] if r["case"] == "dense" else r["ratio_to_dense"]
+                lo, hi = r["ratio_range"]
+                row[r["case"]] = r["ms"] if r["case"] == "dense" else f"{lo:.2f}-{hi:.2f}"
         table.append(row)
     columns = [("tokens", "tokens", "d"), ("dense", "dense ms", ".1f")]
-    columns += [(c, f"{c} x", ".2f") for c in cases if c != "dense"]
+    columns += [(c, f"{c} x", "") for c in cases if c != "dense"]
     print_table(table, columns)
     if result["breakdown_ms"]:
         print(f"\nWhere one step's time goes at {result['breakdown_tokens']} tokens (ms, each phase fwd+bwd alone):")
