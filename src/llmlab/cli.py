@@ -93,7 +93,8 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=1, help="copies of the prompt decoded together")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16"), help="auto: bf16 on CUDA, fp32 on CPU")
-    p.add_argument("--compile", action="store_true", help="torch.compile the decode step")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the cached decode step (CUDA graphs on a GPU); compile time reported apart")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--json", action="store_true", help="print ids, text and tokens/s as one JSON object")
     p.set_defaults(func=_cmd_generate)
@@ -124,9 +125,11 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             print(out["text"][0])
         else:
             print(",".join(str(i) for i in out["ids"][0]))
+        decode = f"decode {out['decode_tokens_per_s']:.1f} tokens/s, " if out["decode_tokens_per_s"] else ""
+        compiled = f", compiled in {out['compile_s']:.1f} s" if out["compile_s"] is not None else ""
         print(
-            f"[{out['new_tokens']} new tokens, {out['tokens_per_s']:.1f} tokens/s, "
-            f"kv_cache={'on' if out['kv_cache'] else 'off'}]",
+            f"[{out['new_tokens']} new tokens: prefill {out['prefill_s'] * 1e3:.1f} ms, {decode}"
+            f"kv_cache={'on' if out['kv_cache'] else 'off'}{compiled}]",
             file=sys.stderr,
         )
     return 0

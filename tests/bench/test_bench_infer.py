@@ -1,14 +1,59 @@
 import json
 
-from llmlab.bench.infer import main
+import pytest
+
+from llmlab.bench.bandwidth import large_buffer_bytes, read_bandwidth
+from llmlab.bench.infer import kv_bytes_per_step, main, ratios
+from llmlab.config import ModelConfig
+from llmlab.errors import ConfigError
 
 
 def test_bench_infer_prints_table_then_one_json_line(capsys) -> None:
-    assert main(["--quick", "--no-peers", "--no-compile", "--repeats", "1"]) == 0
+    assert main(["--quick", "--no-peers", "--no-compile", "--batch-sizes", "1,2"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     payload = json.loads(lines[-1])
     assert payload["bench"] == "infer"
-    modes = {(r["impl"], r["mode"]) for r in payload["rows"]}
-    assert modes == {("llmlab", "kv cache, eager"), ("llmlab", "no cache, eager")}
-    assert all(r["tokens_per_s"] > 0 for r in payload["rows"])
-    assert any("tokens/s" in line for line in lines[:-1])
+    modes = {(r["impl"], r["mode"], r["batch_size"]) for r in payload["rows"]}
+    # no-cache rows at the first batch size only
+    assert modes == {("llmlab", "kv cache, eager", 1), ("llmlab", "no cache, eager", 1),
+                     ("llmlab", "kv cache, eager", 2)}
+    bw = payload["bandwidth"]
+    assert bw["weights_sized"]["bytes"] == payload["weight_bytes_per_token"]
+    assert bw["larger_than_cache"]["bytes"] >= 256 * 2**20
+    for row in payload["rows"]:
+        assert row["decode_tokens_per_s"] > 0 and row["prefill_ms"] > 0 and row["same_tokens"]
+        # the fraction of bandwidth is bytes per step x steps per second / the measured bandwidth
+        steps_per_s = row["decode_tokens_per_s"] / row["batch_size"]
+        assert row["frac_weights_sized"] == pytest.approx(
+            row["bytes_per_step"] * steps_per_s / 1e9 / bw["weights_sized"]["gb_s"])
+    assert payload["llmlab_cache_speedup"] > 0
+    assert any("decode tok/s" in line for line in lines[:-1])
+
+
+def test_kv_bytes_per_step_is_hand_arithmetic() -> None:
+    cfg = ModelConfig(vocab_size=64, d_model=64, n_layers=3, n_heads=4, n_kv_heads=2, head_dim=16, d_ff=96,
+                      max_seq_len=64)
+    # K and V, 3 layers, 2 kv heads of 16, fp32, batch 8, mean position 10 + 6 / 2 = 13
+    assert kv_bytes_per_step(cfg, batch=8, prompt_len=10, new=6, element_size=4) == 2 * 3 * 2 * 16 * 4 * 8 * 13
+
+
+def test_ratios_compare_batch_one_decode_rows() -> None:
+    rows = [{"impl": i, "mode": m, "batch_size": b, "decode_tokens_per_s": t} for i, m, b, t in [
+        ("llmlab", "kv cache, eager", 1, 300.0), ("llmlab", "no cache, eager", 1, 30.0),
+        ("llmlab", "kv cache, compiled", 1, 600.0), ("hf-transformers", "kv cache, eager", 1, 200.0),
+        ("hf-transformers", "no cache, eager", 1, 40.0), ("llmlab", "kv cache, eager", 8, 1000.0)]]
+    assert ratios(rows) == pytest.approx({
+        "llmlab_cache_speedup": 10.0, "hf_cache_speedup": 5.0, "llmlab_vs_hf_no_cache": 0.75,
+        "llmlab_vs_hf_cached": 1.5, "compiled_vs_hf_cached": 3.0, "compiled_vs_eager_cached": 2.0})
+
+
+def test_read_bandwidth_is_a_plausible_rate() -> None:
+    assert 1e6 < read_bandwidth(2**20, repeats=3) < 1e13  # 1 MB/s (a loaded machine) .. 10 TB/s
+    assert large_buffer_bytes() >= 256 * 2**20
+
+
+def test_bad_batch_sizes_are_config_errors() -> None:
+    with pytest.raises(ConfigError, match="--batch-sizes must be comma-separated integers"):
+        main(["--batch-sizes", "1,x"])
+    with pytest.raises(ConfigError, match="must be >= 1"):
+        main(["--batch-sizes", "0"])

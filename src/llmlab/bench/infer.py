@@ -1,27 +1,38 @@
-"""`llmlab bench infer`: decode tokens/s with and without the KV cache, side by side with peers.
+"""`llmlab bench infer`: prefill and decode with and without the KV cache, side by side with peers,
+against the machine's read bandwidth measured in the same run.
 
 Same shapes on every row (default: d=256, 4 layers, 8 query heads, 2 kv heads, SwiGLU 704,
-vocab 8192, tied; prompt 256 + 256 new tokens, batch 1, greedy, random weights). Rows:
-- llmlab, KV cache, eager; llmlab, KV cache, compiled decode step (compile time reported apart);
-- llmlab, no cache (the whole prefix recomputed each token);
-- Hugging Face transformers LlamaForCausalLM `generate` with and without cache, when installed,
-  with our weights (`llmlab.export.hf.to_transformers`), checked to give the same greedy tokens.
-Batch-1 decode reads every weight once per token, so weight bytes / (seconds per token) is the
-memory bandwidth achieved: the figure that says how far from the hardware limit we are.
+vocab 8192, tied; prompt 256 + 256 new tokens, greedy, random weights), at batch 1 and 8. Rows:
+- llmlab, KV cache, eager; llmlab, KV cache, compiled decode step (`generate(compile=True)`,
+  compile time reported apart);
+- llmlab, no cache: the whole prefix recomputed each token, the output head on the last position;
+- Hugging Face transformers `generate` with and without cache (when installed), with our weights
+  (`llmlab.export.hf.to_transformers`), checked to give the same greedy tokens before timing. HF's
+  no-cache path is equal work too: `generate` passes `logits_to_keep=1` to models that accept it
+  (Llama, Mistral, Mixtral do), so it also computes the head on the last position only.
+No-cache rows run at the smallest batch only: at batch 8 they are compute-bound prefills.
+Prefill (prompt forward + first token) is reported apart from decode (the other tokens). Each
+decode row's bytes per step (weights + the KV cache a step must read, at the mean position) x steps
+per second, over the same run's read bandwidth, says how close to the memory limit it runs.
 """
 
 from __future__ import annotations
 
 import argparse
-from typing import Any, Callable
+import functools
+import time
+from typing import Any
 
 import torch
 
+from llmlab.bench.bandwidth import measure_bandwidths
 from llmlab.bench.common import emit_json, environment, print_table
 from llmlab.config import ModelConfig, load_model_config, to_dict
-from llmlab.infer.generate import decode_step, generate
+from llmlab.errors import ConfigError
+from llmlab.infer.generate import GenerationTimes, generate_timed
+from llmlab.infer.measure import Run, random_prompt, time_interleaved
 from llmlab.model import GPT
-from llmlab.timing import median, time_round_robin
+from llmlab.model.accounting import count
 
 
 def default_config(max_seq_len: int) -> ModelConfig:
@@ -30,20 +41,25 @@ def default_config(max_seq_len: int) -> ModelConfig:
 
 
 def weight_bytes_per_token(model: torch.nn.Module) -> int:
-    """Bytes of weights a decode step reads: all parameters except the embedding rows it does not
-    gather (a tied table is read whole by the output head)."""
+    """Bytes of weights a dense decode step reads: every parameter once (a tied table once, read
+    whole by the output head; the embedding gather of one row is negligible). For MoE an upper
+    bound: a batch-1 step reads only its top-k experts."""
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
-def llmlab_cases(model: GPT, prompt: torch.Tensor, new: int, compile: bool) -> dict[str, Callable[[], Any]]:
-    cases = {
-        "llmlab|kv cache, eager": lambda: generate(model, prompt, new, use_kv_cache=True),
-        "llmlab|no cache, eager": lambda: generate(model, prompt, new, use_kv_cache=False),
-    }
+def kv_bytes_per_step(cfg: ModelConfig, batch: int, prompt_len: int, new: int, element_size: int) -> int:
+    """KV bytes a cached decode step must read at the mean decode position (prompt + new / 2)."""
+    per_token = count(cfg, kv_bytes_per_element=element_size)["kv_cache_bytes_per_token"]
+    return per_token * batch * (prompt_len + new // 2)
+
+
+def llmlab_runs(model: GPT, prompt: torch.Tensor, new: int, compile: bool, no_cache: bool) -> dict[str, Run]:
+    runs = {"llmlab|kv cache, eager": functools.partial(generate_timed, model, prompt, new)}
     if compile:
-        step = torch.compile(decode_step, fullgraph=True, dynamic=False)
-        cases["llmlab|kv cache, compiled"] = lambda: generate(model, prompt, new, decode_fn=step)
-    return cases
+        runs["llmlab|kv cache, compiled"] = functools.partial(generate_timed, model, prompt, new, compile=True)
+    if no_cache:
+        runs["llmlab|no cache, eager"] = functools.partial(generate_timed, model, prompt, new, use_kv_cache=False)
+    return runs
 
 
 PEER_CHECK_TOKENS = 32
@@ -68,14 +84,43 @@ def hf_peer(model: GPT, prompt: torch.Tensor) -> torch.nn.Module | None:
     return peer
 
 
-def hf_cases(model: torch.nn.Module, prompt: torch.Tensor, new: int) -> dict[str, Callable[[], Any]]:
-    def run(use_cache: bool) -> Any:
-        with torch.no_grad():
-            return model.generate(prompt, max_new_tokens=new, min_new_tokens=new, do_sample=False,
-                                  use_cache=use_cache, pad_token_id=0, attention_mask=torch.ones_like(prompt))
+class FirstTokenClock:
+    """A transformers streamer that stamps the first new token: generate() calls put() with the
+    prompt, then with each new token, so HF's prefill is timed within the same call as its decode."""
 
-    return {"hf-transformers|kv cache, eager": lambda: run(True),
-            "hf-transformers|no cache, eager": lambda: run(False)}
+    def __init__(self) -> None:
+        self.puts, self.first = 0, 0.0
+
+    def put(self, value: torch.Tensor) -> None:
+        self.puts += 1
+        if self.puts == 2:
+            self.first = time.perf_counter()
+
+    def end(self) -> None:
+        pass
+
+
+def hf_generate_timed(peer: torch.nn.Module, prompt: torch.Tensor, new: int, use_cache: bool
+                      ) -> tuple[torch.Tensor, GenerationTimes]:
+    """HF `generate`, greedy, exactly `new` tokens, timed like `generate_timed`."""
+    from llmlab.timing import sync
+
+    clock = FirstTokenClock()
+    sync(prompt.device)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        out = peer.generate(prompt, max_new_tokens=new, min_new_tokens=new, do_sample=False, use_cache=use_cache,
+                            pad_token_id=0, attention_mask=torch.ones_like(prompt), streamer=clock)
+    sync(prompt.device)
+    t1 = time.perf_counter()
+    return out, GenerationTimes(clock.first - t0, t1 - clock.first, (new - 1) * prompt.shape[0])
+
+
+def hf_runs(peer: torch.nn.Module, prompt: torch.Tensor, new: int, no_cache: bool) -> dict[str, Run]:
+    runs = {"hf-transformers|kv cache, eager": functools.partial(hf_generate_timed, peer, prompt, new, True)}
+    if no_cache:
+        runs["hf-transformers|no cache, eager"] = functools.partial(hf_generate_timed, peer, prompt, new, False)
+    return runs
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -84,54 +129,98 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--config", help="a model TOML (default: the d=256 GQA shapes above)")
     p.add_argument("--prompt-len", type=int, default=256)
     p.add_argument("--new-tokens", type=int, default=256)
-    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--batch-sizes", default="1,8", help="comma separated (no-cache rows at the first only)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--no-compile", action="store_true", help="skip the compiled row")
+    p.add_argument("--no-compile", action="store_true", help="skip the compiled rows")
     p.add_argument("--no-peers", action="store_true", help="skip Hugging Face transformers")
     p.add_argument("--quick", action="store_true", help="32 + 32 tokens, 1 repeat: a smoke run")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    try:
+        args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    except ValueError:
+        raise ConfigError(f"--batch-sizes must be comma-separated integers, got {args.batch_sizes!r}") from None
+    if min(args.batch_sizes) < 1 or args.prompt_len < 1 or args.new_tokens < 2 or args.repeats < 1:
+        raise ConfigError("--batch-sizes, --prompt-len and --repeats must be >= 1, --new-tokens >= 2")
+    if args.quick:
+        args.prompt_len, args.new_tokens, args.repeats = 32, 32, 1
+    return args
+
+
+def measure_batch(model: GPT, peer: torch.nn.Module | None, args: argparse.Namespace, batch: int,
+                  no_cache: bool) -> list[dict[str, Any]]:
+    """Rows for one batch size: every case interleaved round-robin in one loop."""
+    prompt = random_prompt(model.config.vocab_size, batch, args.prompt_len, args.device, seed=batch)
+    new = args.new_tokens
+    runs = llmlab_runs(model, prompt, new, compile=not args.no_compile, no_cache=no_cache)
+    if peer is not None:
+        runs |= hf_runs(peer, prompt, new, no_cache)
+    figures, ids = time_interleaved(runs, args.repeats)
+    wbytes = weight_bytes_per_token(model)
+    kv = kv_bytes_per_step(model.config, batch, args.prompt_len, new, model.lm_head.weight.element_size())
+    rows = []
+    for name, fig in figures.items():
+        impl, mode = name.split("|")
+        step_bytes = wbytes + (kv if "kv cache" in mode else 0)  # no cache: K/V recomputed, not read
+        rows.append({"impl": impl, "mode": mode, "batch_size": batch, "prefill_ms": fig["prefill_s"] * 1e3,
+                     "decode_tokens_per_s": fig["decode_tokens_per_s"], "tokens_per_s": fig["tokens_per_s"],
+                     "compile_s": fig.get("compile_s"), "bytes_per_step": step_bytes,
+                     "read_gb_s": step_bytes * fig["decode_tokens_per_s"] / batch / 1e9,
+                     "same_tokens": torch.equal(ids[name], ids["llmlab|kv cache, eager"])})
+    return rows
+
+
+def ratios(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """The issue's targets, from the batch-1 rows: decode tokens/s ratios and bandwidth fractions."""
+    b1 = min(r["batch_size"] for r in rows)
+    tps = {f"{r['impl']}|{r['mode']}": r["decode_tokens_per_s"] for r in rows if r["batch_size"] == b1}
+    pairs = {
+        "llmlab_cache_speedup": ("llmlab|kv cache, eager", "llmlab|no cache, eager"),
+        "hf_cache_speedup": ("hf-transformers|kv cache, eager", "hf-transformers|no cache, eager"),
+        "llmlab_vs_hf_no_cache": ("llmlab|no cache, eager", "hf-transformers|no cache, eager"),
+        "llmlab_vs_hf_cached": ("llmlab|kv cache, eager", "hf-transformers|kv cache, eager"),
+        "compiled_vs_hf_cached": ("llmlab|kv cache, compiled", "hf-transformers|kv cache, eager"),
+        "compiled_vs_eager_cached": ("llmlab|kv cache, compiled", "llmlab|kv cache, eager"),
+    }
+    return {k: tps[a] / tps[b] for k, (a, b) in pairs.items() if a in tps and b in tps}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv or [])
-    if args.quick:
-        args.prompt_len, args.new_tokens, args.repeats = 32, 32, 1
-    total = args.prompt_len + args.new_tokens
-    cfg = load_model_config(args.config) if args.config else default_config(total)
+    cfg = load_model_config(args.config) if args.config else default_config(args.prompt_len + args.new_tokens)
     torch.manual_seed(0)
     model = GPT(cfg).to(args.device).eval()
-    prompt = torch.randint(0, cfg.vocab_size, (args.batch_size, args.prompt_len), device=args.device)
-    new, wbytes = args.new_tokens, weight_bytes_per_token(model)
-
-    cases = llmlab_cases(model, prompt, new, compile=not args.no_compile)
-    peer = None if args.no_peers else hf_peer(model, prompt)
-    if peer is not None:
-        cases |= hf_cases(peer.to(args.device), prompt, new)
-    times, warmup_s = time_round_robin(cases, args.device, repeats=args.repeats)
+    peer = None
+    if not args.no_peers:
+        peer = hf_peer(model, random_prompt(cfg.vocab_size, 1, args.prompt_len, args.device, seed=0))
+        peer = peer.to(args.device) if peer is not None else None
+    wbytes = weight_bytes_per_token(model)
+    bandwidth = measure_bandwidths(wbytes, args.device)
     rows: list[dict[str, Any]] = []
-    for name in cases:
-        impl, mode = name.split("|")
-        compile_s = warmup_s[name] - median(times[name]) if "compiled" in mode else None
-        rows.append({"impl": impl, "mode": mode, "seconds": median(times[name]), "compile_s": compile_s})
-    base = rows[0]["seconds"]
+    for i, batch in enumerate(args.batch_sizes):
+        rows += measure_batch(model, peer, args, batch, no_cache=i == 0)
     for row in rows:
-        row["tokens_per_s"] = new * args.batch_size / row["seconds"]
-        row["speedup_vs_llmlab_cache"] = base / row["seconds"]
-        row["bandwidth_gb_s"] = wbytes * new / row["seconds"] / 1e9 if "kv cache" in row["mode"] else None
-    print(f"decode: prompt {args.prompt_len} + {new} new tokens, batch {args.batch_size}, {args.device}, "
-          f"{environment(args.device)['threads']} threads; weights {wbytes / 1e6:.1f} MB read per token")
-    print_table(rows, [("impl", "impl", ""), ("mode", "mode", ""), ("tokens_per_s", "tokens/s", ".1f"),
-                       ("speedup_vs_llmlab_cache", "x llmlab cache", ".2f"),
-                       ("bandwidth_gb_s", "weights GB/s", ".2f"), ("compile_s", "compile s", ".1f")])
-    tps = {f"{r['impl']}|{r['mode']}": r["tokens_per_s"] for r in rows}
-    cache_speedup = tps["llmlab|kv cache, eager"] / tps["llmlab|no cache, eager"]
-    print(f"llmlab cache speedup: {cache_speedup:.2f}x")
-    payload = {"bench": "infer", "config": to_dict(cfg), "prompt_len": args.prompt_len,
-               "new_tokens": new, "batch_size": args.batch_size, "weight_bytes_per_token": wbytes,
-               "rows": rows, "llmlab_cache_speedup": cache_speedup, "env": environment(args.device)}
-    if peer is not None:
-        payload["hf_cache_speedup"] = tps["hf-transformers|kv cache, eager"] / tps["hf-transformers|no cache, eager"]
-        payload["llmlab_vs_hf_cached"] = tps["llmlab|kv cache, eager"] / tps["hf-transformers|kv cache, eager"]
-    emit_json(payload)
+        for name, bw in bandwidth.items():
+            row[f"frac_{name}"] = row["read_gb_s"] / bw["gb_s"]
+    report(args, cfg, wbytes, bandwidth, rows)
     return 0
+
+
+def report(args: argparse.Namespace, cfg: ModelConfig, wbytes: int, bandwidth: dict[str, dict[str, float]],
+           rows: list[dict[str, Any]]) -> None:
+    """The human table, then the one JSON line."""
+    env = environment(args.device)
+    bw = bandwidth["weights_sized"]["gb_s"], bandwidth["larger_than_cache"]["gb_s"]
+    print(f"prompt {args.prompt_len} + {args.new_tokens} new tokens, {args.device}, {env['threads']} threads; "
+          f"weights {wbytes / 1e6:.1f} MB; read bandwidth {bw[0]:.1f} GB/s (weights-sized buffer), "
+          f"{bw[1]:.1f} GB/s ({bandwidth['larger_than_cache']['bytes'] / 2**20:.0f} MiB buffer)")
+    print_table(rows, [("impl", "impl", ""), ("mode", "mode", ""), ("batch_size", "batch", "d"),
+                       ("prefill_ms", "prefill ms", ".1f"), ("decode_tokens_per_s", "decode tok/s", ".1f"),
+                       ("read_gb_s", "read GB/s", ".2f"), ("frac_weights_sized", "of bw (weights)", ".1%"),
+                       ("frac_larger_than_cache", "of bw (DRAM)", ".1%"), ("compile_s", "compile s", ".1f"),
+                       ("same_tokens", "same tokens", "")])
+    found = ratios(rows)
+    print("  ".join(f"{k} {v:.2f}x" for k, v in found.items()))
+    emit_json({"bench": "infer", "config": to_dict(cfg), "prompt_len": args.prompt_len,
+               "new_tokens": args.new_tokens, "batch_sizes": args.batch_sizes, "weight_bytes_per_token": wbytes,
+               "bandwidth": bandwidth, "rows": rows, **found, "env": env})

@@ -22,6 +22,7 @@ import torch
 
 from llmlab.errors import ConfigError
 from llmlab.model import GPT
+from llmlab.timing import sync
 
 DecodeFn = Callable[[GPT, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -169,6 +170,5 @@ def _generate_uncached(model: GPT, idx: torch.Tensor, max_new_tokens: int,
 
 def _clock(device: torch.device) -> float:
     """perf_counter after the device's queued work (timing boundaries only, never per token)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    sync(device)
     return time.perf_counter()

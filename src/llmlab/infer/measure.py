@@ -8,8 +8,9 @@ round-robin so that a shared machine's noise falls on all of them alike.
 
 from __future__ import annotations
 
+import functools
 import statistics
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 
@@ -71,18 +72,32 @@ def measure_decode(model: GPT, *, batch_size: int, context: int, new_tokens: int
     elif tuple(prompt.shape) != (batch_size, context - new_tokens):
         raise ConfigError(f"prompt shape {tuple(prompt.shape)} != (batch_size, context - new_tokens)")
     model.eval()
-    warm = {case: generate_timed(model, prompt, new_tokens, **case_kwargs(case)) for case in cases}
-    timed: dict[str, list[GenerationTimes]] = {case: [] for case in cases}
-    last = {case: ids for case, (ids, _) in warm.items()}
-    for _ in range(repeats):
-        for case in cases:
-            last[case], times = generate_timed(model, prompt, new_tokens, **case_kwargs(case))
-            timed[case].append(times)
-    out = {case: summarize(timed[case], warm[case][1], batch_size) for case in cases}
+    runs = {case: functools.partial(generate_timed, model, prompt, new_tokens, **case_kwargs(case))
+            for case in cases}
+    out, ids = time_interleaved(runs, repeats)
     if "kv_cache" in cases:
         for case in cases:
-            out[case]["same_tokens_as_kv_cache"] = torch.equal(last[case], last["kv_cache"])
+            out[case]["same_tokens_as_kv_cache"] = torch.equal(ids[case], ids["kv_cache"])
     return out
+
+
+Run = Callable[[], tuple[torch.Tensor, GenerationTimes]]
+"""One generation call: (ids, its GenerationTimes)."""
+
+
+def time_interleaved(runs: dict[str, Run], repeats: int
+                     ) -> tuple[dict[str, dict[str, Any]], dict[str, torch.Tensor]]:
+    """One untimed warm-up call per case (compilation happens there), then `repeats` calls per case
+    interleaved round-robin (a, b, c, a, b, c, ...). Returns ({case: summarize(...)}, {case: the
+    ids of its last call}). Peers (e.g. Hugging Face in `bench infer`) join as further runs."""
+    warm = {case: run() for case, run in runs.items()}
+    ids = {case: out for case, (out, _) in warm.items()}
+    timed: dict[str, list[GenerationTimes]] = {case: [] for case in runs}
+    for _ in range(repeats):
+        for case, run in runs.items():
+            ids[case], times = run()
+            timed[case].append(times)
+    return {case: summarize(timed[case], warm[case][1], ids[case].shape[0]) for case in runs}, ids
 
 
 def summarize(runs: list[GenerationTimes], warmup: GenerationTimes, batch: int) -> dict[str, Any]:

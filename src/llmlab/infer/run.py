@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +10,9 @@ import torch
 from llmlab.config import load_model_config
 from llmlab.device import resolve_dtype
 from llmlab.errors import ConfigError
-from llmlab.infer.generate import decode_step, generate
+from llmlab.infer.generate import generate_timed
 from llmlab.model import GPT
 from llmlab.runs import load_for_inference  # a run knows its tokenizer
-from llmlab.timing import sync
 
 
 def parse_prompt_ids(text: str, vocab_size: int) -> list[int]:
@@ -44,22 +42,6 @@ def load_source(source: str, overrides: list[str], device: str, seed: int, dtype
     return model.to(resolve_dtype(dtype, device)).eval(), tokenizer
 
 
-def timed_generate(model: GPT, prompt: torch.Tensor, max_new_tokens: int, *, use_kv_cache: bool,
-                   temperature: float, top_k: int | None, seed: int, compile: bool = False
-                   ) -> tuple[torch.Tensor, float]:
-    """(ids, seconds). With compile, one warm-up call first so compilation is not timed."""
-    decode_fn = torch.compile(decode_step, fullgraph=True, dynamic=False) if compile else decode_step
-    kwargs = dict(use_kv_cache=use_kv_cache, temperature=temperature, top_k=top_k, seed=seed,
-                  decode_fn=decode_fn)
-    if compile:
-        generate(model, prompt, max_new_tokens, **kwargs)
-    sync(prompt.device)
-    t0 = time.perf_counter()
-    out = generate(model, prompt, max_new_tokens, **kwargs)
-    sync(prompt.device)
-    return out, time.perf_counter() - t0
-
-
 def generate_from_source(source: str, *, prompt: str | None, prompt_ids: str | None, max_new_tokens: int,
                          use_kv_cache: bool, temperature: float, top_k: int | None, seed: int,
                          batch_size: int = 1, device: str = "cpu", dtype: str = "auto", compile: bool = False,
@@ -75,16 +57,21 @@ def generate_from_source(source: str, *, prompt: str | None, prompt_ids: str | N
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
     idx = torch.tensor([ids] * batch_size, device=device)
-    out, seconds = timed_generate(model, idx, max_new_tokens, use_kv_cache=use_kv_cache,
-                                  temperature=temperature, top_k=top_k, seed=seed, compile=compile)
-    new = out[:, len(ids):].tolist()
-    result: dict[str, Any] = {
+    # compile=True compiles the decode step before the clock starts: compile_s is reported apart.
+    out, times = generate_timed(model, idx, max_new_tokens, use_kv_cache=use_kv_cache, temperature=temperature,
+                                top_k=top_k, seed=seed, compile=compile)
+    seconds = times.prefill_s + times.decode_s
+    return {
         "ids": out.tolist(),
-        "new_ids": new,
+        "new_ids": out[:, len(ids):].tolist(),
         "text": [tokenizer.decode(row) for row in out.tolist()] if tokenizer is not None else None,
         "new_tokens": max_new_tokens * batch_size,
         "seconds": seconds,
         "tokens_per_s": max_new_tokens * batch_size / seconds if seconds > 0 else float("inf"),
+        "prefill_s": times.prefill_s,
+        "decode_s": times.decode_s,
+        "decode_tokens_per_s": times.decode_tokens_per_s if times.decode_tokens else None,
+        "compile_s": times.compile_s,
         "kv_cache": use_kv_cache,
+        "compiled": compile,
     }
-    return result

@@ -1,0 +1,37 @@
+"""`llmlab generate`: prefill and decode reported apart; bad sampling arguments exit 2 in one line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from llmlab.cli import main
+
+ARGS = ["generate", "configs/models/tiny.toml", "--prompt-ids", "1,2,3", "--max-new-tokens", "6"]
+
+
+def test_generate_json_reports_prefill_and_decode_apart(capsys: pytest.CaptureFixture) -> None:
+    assert main(ARGS + ["--batch-size", "2", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["new_tokens"] == 12 and len(out["ids"]) == 2
+    assert out["prefill_s"] > 0 and out["decode_s"] > 0
+    assert out["decode_tokens_per_s"] == pytest.approx(2 * 5 / out["decode_s"])
+    assert out["seconds"] == pytest.approx(out["prefill_s"] + out["decode_s"])
+    assert out["compile_s"] is None and out["compiled"] is False
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--temperature", "-1"], "temperature must be a finite number >= 0"),
+    (["--temperature", "nan"], "temperature must be a finite number >= 0"),
+    (["--temperature", "1", "--top-k", "0"], "top_k must be an integer >= 1"),
+    (["--no-kv-cache", "--compile"], "compile=True compiles the cached decode step"),
+])
+def test_bad_sampling_flags_exit_2_in_one_line(flags: list[str], message: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", "llmlab", *ARGS, *flags], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
