@@ -84,7 +84,58 @@ def test_mismatched_state_is_refused(data):
     with pytest.raises(DataError, match="seq_len = 10, this loader has 12"):
         TrainLoader(data, 12, B).load_state_dict(state)
     with pytest.raises(DataError, match="out of range"):
-        TrainLoader(data, T, B).load_state_dict({**state, "position": 24})
+        TrainLoader(data, T, B).load_state_dict({**state, "served": 24 * B})
+
+
+U = 12  # windows per update: 99 windows -> 8 updates an epoch, 3 windows dropped, for any micro-batch
+
+
+def _updates(ranks: list[TrainLoader], n: int) -> list[list[int]]:
+    """The windows each of the next n updates sees (all micro-steps, all ranks), sorted."""
+    steps = U // ranks[0].windows_per_step
+    return [sorted(w for _ in range(steps) for loader in ranks for w in _windows(loader.next_batch()[0]))
+            for _ in range(n)]
+
+
+@pytest.mark.parametrize("batch_size, world", [(2, 1), (6, 1), (12, 1), (3, 2), (1, 3)])
+def test_micro_batch_size_leaves_the_windows_of_every_update_unchanged(data, batch_size, world):
+    # Before, an epoch was 99 // (batch_size x processes) micro-steps: 49 (98 windows) at batch 2
+    # against 24 (96) at batch 4, so from the second epoch on the updates saw other windows.
+    reference = _updates([TrainLoader(data, T, 4, windows_per_update=U, seed=7)], 20)  # 2.5 epochs
+    ranks = [TrainLoader(data, T, batch_size, windows_per_update=U, seed=7, rank=r, world_size=world)
+             for r in range(world)]
+    assert ranks[0].steps_per_epoch * batch_size * world == 96
+    assert _updates(ranks, 20) == reference
+    first, second = sum(reference[:8], []), sum(reference[8:16], [])
+    assert len(set(first)) == len(set(second)) == 96 and first != second  # a new permutation each epoch
+
+
+def test_resume_with_another_micro_batch_size_continues_the_same_updates(data):
+    loader = TrainLoader(data, T, 4, windows_per_update=U, seed=2)
+    states, updates = [], []
+    for _ in range(12):  # across the first epoch boundary (8 updates)
+        states.append(loader.state_dict())
+        updates += _updates([loader], 1)
+    for k in (0, 7, 8, 11):
+        resumed = TrainLoader(data, T, 2, windows_per_update=U, seed=2)
+        resumed.load_state_dict(states[k])
+        assert _updates([resumed], 12 - k) == updates[k:]
+    mid_update = TrainLoader(data, T, 4, windows_per_update=U, seed=2)
+    mid_update.next_batch()  # 4 windows into an update: not a whole micro-step of 6
+    with pytest.raises(DataError, match="micro_batch_size it was saved with"):
+        TrainLoader(data, T, 6, windows_per_update=U, seed=2).load_state_dict(mid_update.state_dict())
+    with pytest.raises(DataError, match="windows_per_update = 12, this loader has 24"):
+        TrainLoader(data, T, 4, windows_per_update=24, seed=2).load_state_dict(states[1])
+    with pytest.raises(DataError, match=r"windows_per_update \(10\) must be a multiple of batch_size \(4\)"):
+        TrainLoader(data, T, 4, windows_per_update=10)
+
+
+def test_a_state_saved_in_micro_steps_still_loads(data):
+    """Checkpoints written before the state counted windows: (position, batch_size, world_size)."""
+    legacy = {"epoch": 1, "position": 3, "seed": 0, "seq_len": T, "batch_size": B, "world_size": 1, "n_windows": 99}
+    loader = TrainLoader(data, T, B, seed=0)
+    loader.load_state_dict(legacy)
+    assert loader.epoch == 1 and loader.state_dict()["served"] == 3 * B
 
 
 def _corrupt(data, how):
@@ -132,7 +183,7 @@ def test_count_mismatch_with_meta_and_missing_folder(tmp_path, data):
         TrainLoader(data, T, B)
     with pytest.raises(DataError, match="llmlab prepare"):
         TrainLoader(tmp_path / "nowhere", T, B)
-    with pytest.raises(DataError, match="fewer than one global batch"):
+    with pytest.raises(DataError, match="fewer than one update"):
         TrainLoader(tmp_path / "other", T, 8)
 
 

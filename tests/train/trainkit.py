@@ -3,12 +3,12 @@ configs (~90K parameters, seq_len 32, CPU, fp32), metrics rows, subprocess envir
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from llmlab.config import deep_merge, dump_toml
+from llmlab.runs import read_metrics
 
 TINY_MODEL = {
     "vocab_size": 257, "d_model": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 4, "head_dim": 16,
@@ -52,11 +52,6 @@ def subprocess_env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def metrics_rows(run_dir: Path) -> list[dict[str, Any]]:
-    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
-
-
 def train_rows(run_dir: Path) -> list[dict[str, Any]]:
     """The training rows of metrics.jsonl (those with a loss)."""
-    return [r for r in metrics_rows(run_dir) if "loss" in r and "event" not in r]
+    return [r for r in read_metrics(run_dir) if "loss" in r and "event" not in r]

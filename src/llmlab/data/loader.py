@@ -4,11 +4,14 @@ A window is seq_len + 1 consecutive tokens: window i gives x = tokens[i*T : i*T+
 y = tokens[i*T+1 : i*T+T+1]. Windows do not overlap and cross document boundaries (documents are
 separated by the end-of-text id, which the model learns to predict).
 
-Training: each epoch visits a seeded permutation of all full windows; a global batch is
-batch_size * world_size consecutive entries of it, rank r taking the r-th slice (disjoint, and the
-same global order for any world_size at equal global batch); leftover windows are dropped
-(drop_last). State = (epoch, position), so a resumed loader yields exactly the batches the
-uninterrupted one would have.
+Training: each epoch visits a seeded permutation of all full windows, cut into updates of
+`windows_per_update` (= tokens_per_update / seq_len) consecutive entries; the windows left over
+after the last full update are dropped (drop_last). Within an update, micro-step a gives rank r
+the entries a * B * W + r * B onwards (B = batch_size, W = world_size): disjoint slices. The
+permutation, the epoch length and the dropped tail depend on the seed, seq_len and the update size
+only, so the windows each update sees are the same for any micro-batch size and process count
+that divide it. State = (epoch, windows of the epoch already served), so a resumed loader yields
+exactly the batches the uninterrupted one would have, also with another batch_size.
 
 Evaluation: windows in file order, always (B, T) for torch.compile. Positions without a target
 (the tail of the last window, rows that fill the last batch) have y = IGNORE_INDEX (-100, the
@@ -72,6 +75,7 @@ class TrainLoader:
         seq_len: int,
         batch_size: int,
         *,
+        windows_per_update: int | None = None,
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
@@ -85,13 +89,21 @@ class TrainLoader:
         self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
         self.rank, self.world_size = rank, world_size
         self.n_windows = max(0, (len(self.tokens) - 1) // seq_len)
-        self.steps_per_epoch = self.n_windows // (batch_size * world_size)
-        if self.steps_per_epoch == 0:
+        self.windows_per_step = batch_size * world_size  # one micro-step, all ranks
+        self.windows_per_update = windows_per_update or self.windows_per_step
+        if self.windows_per_update % self.windows_per_step:
+            raise DataError(
+                f"windows_per_update ({self.windows_per_update}) must be a multiple of batch_size ({batch_size})"
+                f" x world_size ({world_size}) = {self.windows_per_step}"
+            )
+        self.updates_per_epoch = self.n_windows // self.windows_per_update
+        self.steps_per_epoch = self.updates_per_epoch * (self.windows_per_update // self.windows_per_step)
+        if self.updates_per_epoch == 0:
             raise DataError(
                 f"{data_dir}: the train split has {self.n_windows} windows of {seq_len + 1} tokens, fewer than one"
-                f" global batch ({batch_size} x {world_size} processes): use a smaller seq_len or batch"
+                f" update ({self.windows_per_update} windows): use a smaller seq_len or tokens_per_update"
             )
-        self._epoch, self._position = 0, 0
+        self._epoch, self._position = 0, 0  # position: micro-steps of this epoch already served
         self._order: np.ndarray | None = None
 
     @property
@@ -106,8 +118,7 @@ class TrainLoader:
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self._order is None:
             self._order = self.epoch_order(self._epoch)
-        global_batch = self.batch_size * self.world_size
-        start = self._position * global_batch + self.rank * self.batch_size
+        start = self._position * self.windows_per_step + self.rank * self.batch_size
         windows = self._order[start : start + self.batch_size]
         self._advance()
         return _gather(self.tokens, windows, self.seq_len)
@@ -118,30 +129,43 @@ class TrainLoader:
             self._epoch, self._position, self._order = self._epoch + 1, 0, None
 
     def state_dict(self) -> dict[str, Any]:
-        """(epoch, position) of the next batch, plus the settings a resume must share."""
+        """(epoch, windows of it served) of the next batch, plus the settings a resume must share.
+        Counted in windows, not micro-steps, so that a resume may change batch_size."""
         return {
             "epoch": self._epoch,
-            "position": self._position,
+            "served": self._position * self.windows_per_step,
             "seed": self.seed,
             "seq_len": self.seq_len,
-            "batch_size": self.batch_size,
-            "world_size": self.world_size,
+            "windows_per_update": self.windows_per_update,
             "n_windows": self.n_windows,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for key in ("seed", "seq_len", "batch_size", "world_size", "n_windows"):
+        for key in ("seed", "seq_len", "windows_per_update", "n_windows"):
             if key in state and state[key] != getattr(self, key):
                 raise DataError(
                     f"loader state was saved with {key} = {state[key]}, this loader has {getattr(self, key)}:"
                     " the data order would not resume exactly"
                 )
-        if "epoch" not in state or "position" not in state:
-            raise DataError(f"loader state needs 'epoch' and 'position', got keys {sorted(state)}")
-        epoch, position = int(state["epoch"]), int(state["position"])
-        if epoch < 0 or not 0 <= position < self.steps_per_epoch:
-            raise DataError(f"loader state (epoch {epoch}, position {position}) is out of range")
-        self._epoch, self._position, self._order = epoch, position, None
+        if "epoch" not in state or not ("served" in state or "position" in state):
+            raise DataError(f"loader state needs 'epoch' and 'served', got keys {sorted(state)}")
+        epoch, served = int(state["epoch"]), _served(state, self.world_size)
+        if epoch < 0 or not 0 <= served < self.steps_per_epoch * self.windows_per_step:
+            raise DataError(f"loader state (epoch {epoch}, {served} windows served) is out of range")
+        if served % self.windows_per_step:
+            raise DataError(
+                f"loader state was saved {served} windows into epoch {epoch}, not a whole number of micro-steps of"
+                f" {self.batch_size} x {self.world_size} windows: resume with the micro_batch_size it was saved with"
+            )
+        self._epoch, self._position, self._order = epoch, served // self.windows_per_step, None
+
+
+def _served(state: dict[str, Any], world_size: int) -> int:
+    """Windows of the epoch already served; states written before llmlab counted in windows have
+    (position, batch_size) in micro-steps instead."""
+    if "served" in state:
+        return int(state["served"])
+    return int(state["position"]) * int(state["batch_size"]) * int(state.get("world_size", world_size))
 
 
 def eval_batches(

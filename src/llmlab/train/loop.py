@@ -149,8 +149,9 @@ def _build(cfg: RunConfig, run_dir: Path, info: DistInfo) -> Run:
     # DDP's optimizer splits graphs at gradient-bucket boundaries (overlapping all-reduce with
     # backward), so fullgraph is for single-process and FSDP runs only.
     compiled = compile_fn(train_module, tc, fullgraph=not distributed.is_ddp(train_module))
-    loader = TrainLoader(data_dir, tc.seq_len, tc.micro_batch_size, seed=tc.seed, rank=info.rank,
-                         world_size=info.world_size, vocab_size=cfg.model.vocab_size)
+    # Updates of tokens_per_update / seq_len windows: the data order does not depend on micro_batch_size.
+    loader = TrainLoader(data_dir, tc.seq_len, tc.micro_batch_size, windows_per_update=tc.tokens_per_update // tc.seq_len,
+                         seed=tc.seed, rank=info.rank, world_size=info.world_size, vocab_size=cfg.model.vocab_size)
     return Run(
         cfg=cfg, run_dir=run_dir, info=info, model=model, train_module=compiled,
         eval_fn=compile_fn(bind_eval_loss(model, amp), tc),

@@ -19,8 +19,12 @@ from llmlab.errors import CheckpointError
 from llmlab.runs import write_bytes_atomic
 
 # Settings a resumed run must share with its checkpoint, besides the whole [model] table and the
-# data identity: they fix which windows the saved loader position points to.
-DATA_ORDER_KEYS = ("train.seq_len", "train.micro_batch_size", "train.seed", "world_size")
+# data identity: they fix which windows each update sees (the loader cuts each epoch's permutation
+# into updates of tokens_per_update / seq_len windows) and the per-process states saved.
+# micro_batch_size is not one of them: it only splits an update into micro-steps.
+DATA_ORDER_KEYS = ("train.seq_len", "train.tokens_per_update", "train.seed", "world_size")
+RETIRED_KEYS = ("train.micro_batch_size",)
+"""Recorded by checkpoints of earlier versions, no longer part of the rule."""
 
 
 def write_config(run_dir: Path, config: dict[str, Any]) -> None:
@@ -81,8 +85,10 @@ def identity(config: dict[str, Any], data_meta: dict[str, Any], world_size: int)
 
 
 def check_resumable(saved: dict[str, Any], current: dict[str, Any], run_dir: Path) -> None:
-    """Raise CheckpointError naming every field that differs (old and new value)."""
-    keys = sorted(set(saved) | set(current))
+    """Raise CheckpointError naming every field that differs (old and new value). A data-order key
+    that an older checkpoint did not record is not compared (its loader state still is)."""
+    saved = {k: v for k, v in saved.items() if k not in RETIRED_KEYS}
+    keys = sorted((set(saved) | set(current)) - {k for k in DATA_ORDER_KEYS if k not in saved})
     diffs = [f"{k}: checkpoint {saved.get(k)!r}, now {current.get(k)!r}" for k in keys if saved.get(k) != current.get(k)]
     if diffs:
         raise CheckpointError(
