@@ -80,11 +80,14 @@ def routing_notes(cfg: ModelConfig) -> list[str]:
 
 
 def require_transformers() -> Any:
-    """The transformers module, or a one-line error saying how to install it."""
+    """transformers >= 5 (stacked expert weights, `rope_parameters`), or a one-line error."""
     try:
         import transformers
     except ImportError:
         raise ExportError("Hugging Face export needs transformers and safetensors: pip install -e '.[dev]'") from None
+    if int(transformers.__version__.split(".")[0]) < 5:
+        raise ExportError(f"Hugging Face export needs transformers >= 5, found {transformers.__version__}: "
+                          "pip install -U 'transformers>=5'")
     return transformers
 
 
@@ -158,7 +161,11 @@ def to_transformers(model: GPT, *, eos_token_id: int | None = None, attn_impleme
     ref = model.lm_head.weight
     hf_cfg = hf_config(model.config, eos_token_id, ref.dtype)
     hf_cfg._attn_implementation = attn_implementation
-    hf = getattr(transformers, hf_cfg.architectures[0])(hf_cfg)
+    from transformers.initialization import no_init_weights
+
+    with no_init_weights():  # skip the random init (12 s at 294M): strict loading overwrites every weight
+        hf = getattr(transformers, hf_cfg.architectures[0])(hf_cfg)
+    hf.tie_weights()  # part of the init that no_init_weights skips
     with torch.no_grad():  # load_state_dict copies: the two models share no storage
         hf.load_state_dict(hf_state_dict(model), strict=True)
     if model.config.tie_embeddings and hf.lm_head.weight is not hf.model.embed_tokens.weight:
