@@ -19,7 +19,7 @@ from torch.testing import assert_close
 from llmlab.config import MoEConfig, load_model_config
 from llmlab.errors import ConfigError
 from llmlab.model.mlp import mlp_params
-from llmlab.model.moe import MoE, combine, dispatch_advice, moe_params
+from llmlab.model.moe import MoE, check_compilable, combine, dispatch_advice, moe_params
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "models"
 BF16 = {"atol": 2e-2, "rtol": 2e-2}  # a few bf16 roundings (eps 2^-8) of O(1) values
@@ -401,6 +401,16 @@ def test_compiles_fullgraph(dispatch: str, dtype: torch.dtype) -> None:
 def test_compiles_fullgraph_inductor() -> None:
     """Code generation too, for the path a CPU trains with (~40 s with a cold inductor cache)."""
     check_compiles("capacity", torch.float32, "inductor")
+
+
+def test_check_compilable_refuses_what_cannot_compile() -> None:
+    check_compilable(MoEConfig(dispatch="grouped"), compile=True, dtype=torch.bfloat16)
+    check_compilable(MoEConfig(dispatch="capacity"), compile=True, dtype=None)  # fp32
+    check_compilable(MoEConfig(dispatch="loop"), compile=False, dtype=None)
+    with pytest.raises(ConfigError, match="compiles only in bf16 .*not float32.*'capacity'"):
+        check_compilable(MoEConfig(dispatch="grouped"), compile=True, dtype=None)
+    with pytest.raises(ConfigError, match="'loop' is eager only"):
+        check_compilable(MoEConfig(dispatch="loop"), compile=True, dtype=torch.bfloat16)
 
 
 def test_grouped_fp32_compile_says_use_bf16_or_capacity() -> None:

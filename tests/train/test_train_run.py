@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from llmlab.config import load_run_config
-from llmlab.errors import CheckpointError
+from llmlab.errors import CheckpointError, ConfigError
 from llmlab.train import TrainingDiverged, checkpoint, train
 from llmlab.train.lock import RunDirBusy, RunLock
 
@@ -141,4 +141,13 @@ def test_second_process_on_a_busy_run_dir_exits_at_once(make_config, tmp_path):
     with RunLock(tmp_path / "run"):
         with pytest.raises(RunDirBusy, match=rf"in use by pid {os.getpid()}"):
             train(load_run_config(make_config()), tmp_path / "run")
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_grouped_moe_compiled_in_fp32_is_refused_before_training(make_config, tmp_path):
+    """torch._grouped_mm compiles in bf16 only: a one-line error at the start, not a trace error."""
+    moe = {"n_experts": 4, "top_k": 2, "d_ff_expert": 64, "dispatch": "grouped"}
+    config = make_config("gqa", model={"moe": moe}, train={"compile": True})
+    with pytest.raises(ConfigError, match="'grouped' compiles only in bf16"):
+        train(load_run_config(config), tmp_path / "run")
     assert not (tmp_path / "run" / "metrics.jsonl").exists()

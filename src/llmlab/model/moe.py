@@ -213,11 +213,8 @@ class MoE(nn.Module):
         no float work."""
         n_tokens = batch[0] * batch[1]
         if self.cfg.dispatch == "grouped":
-            if torch.compiler.is_compiling() and dtype != torch.bfloat16:
-                raise ConfigError(
-                    f"dispatch = 'grouped' compiles only in bf16 (torch._grouped_mm), got {dtype}: "
-                    "train in bf16 (autocast), or use dispatch = 'capacity' for fp32"
-                )
+            if torch.compiler.is_compiling():
+                check_compilable(self.cfg, compile=True, dtype=dtype)
             return plan_grouped(route, n_tokens, dtype)
         return plan_capacity(route, batch, self.capacity(n_tokens))
 
@@ -330,6 +327,22 @@ CAPACITY_ADVICE = (
     "(those tokens pass through the residual), latest positions first, and counted per layer in "
     "moe_dropped_frac"
 )
+
+
+def check_compilable(cfg: MoEConfig | None, *, compile: bool, dtype: torch.dtype | None) -> None:
+    """A ConfigError, before any work, for a MoE that torch.compile cannot trace: `loop` (data-dependent
+    shapes) at all, `grouped` in another dtype than bf16 (torch._grouped_mm's meta kernel takes bf16
+    only). `dtype`: the compute dtype (the autocast dtype, else None or fp32)."""
+    if cfg is None or not compile:
+        return
+    if cfg.dispatch == "loop":
+        raise ConfigError("model.moe.dispatch = 'loop' is eager only (data-dependent shapes): set "
+                          "train.compile = false, or use dispatch = 'grouped' or 'capacity'")
+    if cfg.dispatch == "grouped" and dtype != torch.bfloat16:
+        name = str(dtype or torch.float32).removeprefix("torch.")
+        raise ConfigError(f"model.moe.dispatch = 'grouped' compiles only in bf16 (torch._grouped_mm), not {name}: "
+                          "set train.compile = false, train in bf16 (autocast on a GPU), or use "
+                          "dispatch = 'capacity' (compiles in any dtype)")
 
 
 def dispatch_advice(cfg: MoEConfig | None, device: torch.device | str, *, compile: bool = False,

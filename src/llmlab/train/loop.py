@@ -27,7 +27,7 @@ from torch import nn
 
 from llmlab.config import RunConfig
 from llmlab.errors import LLMLabError
-from llmlab.model.moe import dispatch_advice
+from llmlab.model.moe import check_compilable, dispatch_advice
 from llmlab.runs import write_json
 from llmlab.train import checkpoint, distributed
 from llmlab.train.evaluate import evaluate_split
@@ -136,15 +136,16 @@ def _build(cfg: RunConfig, run_dir: Path, info: DistInfo) -> Run:
     tc = cfg.train
     grad_accum = tc.grad_accum(info.world_size)  # validates tokens_per_update first
     total_steps = tc.total_steps()
+    amp = autocast_dtype(tc, info.device)
+    check_compilable(cfg.model.moe, compile=tc.compile, dtype=amp)  # before preparing any data
+    advice = dispatch_advice(cfg.model.moe, info.device, compile=tc.compile, dtype=amp)
+    if advice and info.is_main:  # which MoE dispatch runs on this device, and where it is slow
+        print(f"llmlab: {advice}", flush=True)
     data_dir, meta = prepare_data(cfg.data, info)
     if info.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # the fp32 leftovers of autocast
         torch.backends.cudnn.allow_tf32 = True
     model = build_model(cfg.model, tc.seed, info.device)
-    amp = autocast_dtype(tc, info.device)
-    advice = dispatch_advice(cfg.model.moe, info.device, compile=tc.compile, dtype=amp)
-    if advice and info.is_main:  # which MoE dispatch runs on this device, and where it is slow
-        print(f"llmlab: {advice}", flush=True)
     train_module = distributed.wrap_for_training(LossHead(model, amp, info.device.type), model, info, tc.parallelism)
     # DDP's optimizer splits graphs at gradient-bucket boundaries (overlapping all-reduce with
     # backward), so fullgraph is for single-process and FSDP runs only.
