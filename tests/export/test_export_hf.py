@@ -117,6 +117,30 @@ def test_gpt2_run_exports_its_tokenizer(checkpoint_run: Callable[..., Path], tmp
     assert hf.tolist() == mine.tolist()
 
 
+def test_trained_bpe_tokenizer_exports_exactly(tmp_path: Path) -> None:
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    from llmlab.data.tokenizers import EOT_TEXT, BPETokenizer
+    from llmlab.export.hf_tokenizer import write_tokenizer
+
+    raw = HFTokenizer(models.BPE())  # what `llmlab tokenizer train` builds, on a few lines
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    raw.decoder = decoders.ByteLevel()
+    text = ["the expert routes the token to the cache", "a head of the model and the loss"] * 50
+    raw.train_from_iterator(text, trainers.BpeTrainer(vocab_size=300, special_tokens=[EOT_TEXT],
+                                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    raw.save(str(tmp_path / "bpe.json"))
+    ours = BPETokenizer(tmp_path / "bpe.json")
+    (tmp_path / "hf").mkdir()
+    write_tokenizer(ours, tmp_path / "hf", 64)
+    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    for sample in ("the expert routes", "unseen wörds 😀  twice"):
+        assert hf_tok(sample)["input_ids"] == ours.encode(sample)
+        assert hf_tok.decode(ours.encode(sample)) == sample
+    assert hf_tok.eos_token_id == ours.eot_id
+
+
 def _tokenizer_from(folder: Path, scratch: Path, only: tuple[str, ...] | None) -> Any:
     if only is None:
         return transformers.AutoTokenizer.from_pretrained(folder)
