@@ -12,6 +12,7 @@ import json
 import sys
 from typing import Any, Callable
 
+from llmlab.config import DTYPES
 from llmlab.errors import LLMLabError
 
 EXIT_USAGE = 2
@@ -92,7 +93,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=1, help="copies of the prompt decoded together")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
-    p.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16"), help="auto: bf16 on CUDA, fp32 on CPU")
+    p.add_argument("--dtype", default="auto", choices=DTYPES, help="auto: bf16 on CUDA, fp32 on CPU")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the cached decode step (CUDA graphs on a GPU); compile time reported apart")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")

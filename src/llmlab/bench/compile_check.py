@@ -19,7 +19,8 @@ import torch._dynamo
 from torch._dynamo.testing import CompileCounterWithBackend
 
 from llmlab.bench.common import emit_json, print_table
-from llmlab.config import ModelConfig, load_model_config, to_dict
+from llmlab.config import PRECISIONS, ModelConfig, load_model_config, to_dict
+from llmlab.device import torch_dtype
 from llmlab.errors import ConfigError
 from llmlab.infer.generate import decode_step, prefill
 from llmlab.model import GPT
@@ -79,7 +80,7 @@ def check_decode(model: GPT, prompt: torch.Tensor, steps: int, backend: str, dty
 def compile_check(cfg: ModelConfig, *, steps: int = 4, decode_steps: int = 32, batch_size: int = 2,
                   seq_len: int = 64, backend: str = "inductor", dtype: str = "fp32",
                   device: str = "cpu") -> dict[str, Any]:
-    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+    amp = torch_dtype(dtype)
     prompt_len = max(1, min(8, cfg.max_seq_len - decode_steps))
     if seq_len > cfg.max_seq_len or prompt_len + decode_steps > cfg.max_seq_len:
         raise ConfigError(f"seq_len ({seq_len}) and 8 + decode steps ({decode_steps}) must fit "
@@ -88,9 +89,9 @@ def compile_check(cfg: ModelConfig, *, steps: int = 4, decode_steps: int = 32, b
     model = GPT(cfg).to(device).eval()
     idx = torch.randint(0, cfg.vocab_size, (batch_size, seq_len), device=device)
     rows = [
-        _guarded("forward graph breaks", check_forward, model, idx, torch_dtype),
-        _guarded("train step compilations", check_train_steps, model, idx, steps, backend, torch_dtype),
-        _guarded("decode compilations", check_decode, model, idx[:, :prompt_len], decode_steps, backend, torch_dtype),
+        _guarded("forward graph breaks", check_forward, model, idx, amp),
+        _guarded("train step compilations", check_train_steps, model, idx, steps, backend, amp),
+        _guarded("decode compilations", check_decode, model, idx[:, :prompt_len], decode_steps, backend, amp),
     ]
     return {"ok": all(r["ok"] for r in rows), "rows": rows}
 
@@ -114,7 +115,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--seq-len", type=int, default=64)
     p.add_argument("--backend", default="inductor", choices=("inductor", "aot_eager", "eager"),
                    help="inductor generates kernels; aot_eager traces forward and backward the same way, faster")
-    p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"),
+    p.add_argument("--dtype", default="fp32", choices=tuple(PRECISIONS),
                    help="bf16 autocast (needed for MoE grouped dispatch under compile)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true", help="only the JSON line")

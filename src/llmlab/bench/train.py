@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmlab.bench.common import emit_json, environment, print_table
-from llmlab.config import RunConfig, load_run_config
+from llmlab.config import DTYPES, RunConfig, load_run_config
 from llmlab.timing import median, sync
 
 
@@ -35,7 +35,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation happens here)")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None, help="intra-op CPU threads, the same for every row")
-    p.add_argument("--dtype", choices=("auto", "bf16", "fp32"), default=None, help="default: train.dtype")
+    p.add_argument("--dtype", choices=DTYPES, default=None, help="default: train.dtype")
     p.add_argument("--no-compile", action="store_true", help="skip the compiled row")
     p.add_argument("--no-peer", action="store_true", help="skip the Hugging Face row")
     return p.parse_args(argv)
