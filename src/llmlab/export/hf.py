@@ -91,7 +91,8 @@ def require_transformers() -> Any:
     return transformers
 
 
-def hf_config(cfg: ModelConfig, eos_token_id: int | None = None, dtype: torch.dtype = torch.float32) -> Any:
+def hf_config(cfg: ModelConfig, eos_token_id: int | None = None, dtype: torch.dtype = torch.float32,
+              attn_implementation: str = "sdpa") -> Any:
     """The transformers config of `cfg` (LlamaConfig, MistralConfig or MixtralConfig)."""
     transformers = require_transformers()
     arch = hf_architecture(cfg)
@@ -103,7 +104,7 @@ def hf_config(cfg: ModelConfig, eos_token_id: int | None = None, dtype: torch.dt
         rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
         tie_word_embeddings=cfg.tie_embeddings, attention_dropout=0.0,
         bos_token_id=eos_token_id, eos_token_id=eos_token_id, pad_token_id=None,
-        architectures=[arch], dtype=dtype,
+        architectures=[arch], dtype=dtype, attn_implementation=attn_implementation,
     )
     if arch == LLAMA:
         return transformers.LlamaConfig(intermediate_size=cfg.d_ff, attention_bias=False, mlp_bias=False, **common)
@@ -158,11 +159,10 @@ def to_transformers(model: GPT, *, eos_token_id: int | None = None, attn_impleme
     """A transformers PreTrainedModel computing the same function as `model` (its own copy of the
     weights, same dtype and device, eval mode). Raises ExportError when there is no equivalent."""
     transformers = require_transformers()
-    ref = model.lm_head.weight
-    hf_cfg = hf_config(model.config, eos_token_id, ref.dtype)
-    hf_cfg._attn_implementation = attn_implementation
     from transformers.initialization import no_init_weights
 
+    ref = model.lm_head.weight
+    hf_cfg = hf_config(model.config, eos_token_id, ref.dtype, attn_implementation)
     with no_init_weights():  # skip the random init (12 s at 294M): strict loading overwrites every weight
         hf = getattr(transformers, hf_cfg.architectures[0])(hf_cfg)
     hf.tie_weights()  # part of the init that no_init_weights skips
