@@ -213,6 +213,21 @@ def test_no_equivalent_is_one_line_exit_2(case: str, checkpoint_run: Callable[..
     assert not out.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
+def test_refusal_through_the_installed_command(checkpoint_run: Callable[..., Path], tmp_path: Path) -> None:
+    """The real process: one line on stderr, exit 2, no traceback, nothing written."""
+    import subprocess
+    import sys
+
+    run_dir = checkpoint_run(norm="layernorm")
+    proc = subprocess.run([sys.executable, "-m", "llmlab", "export", str(run_dir), "--out", str(tmp_path / "hf")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip().splitlines() == [
+        "llmlab: error: no Hugging Face equivalent (Llama/Mixtral layout): "
+        "model.norm = 'layernorm' (Llama/Mixtral use RMSNorm)"]
+    assert not (tmp_path / "hf").exists()
+
+
 def test_out_folder_is_never_overwritten_without_force(checkpoint_run: Callable[..., Path], tmp_path: Path,
                                                        capsys: pytest.CaptureFixture) -> None:
     run_dir, out = checkpoint_run(), tmp_path / "hf"
