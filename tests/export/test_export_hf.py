@@ -235,12 +235,14 @@ def test_out_folder_is_never_overwritten_without_force(checkpoint_run: Callable[
     (out / "mine.txt").write_text("keep me")
     assert main(["export", str(run_dir), "--out", str(out)]) == 2
     assert "is not empty" in capsys.readouterr().err
+    assert main(["export", str(run_dir), "--out", str(out), "--force"]) == 2  # not a previous export
+    assert "--force replaces only those" in capsys.readouterr().err
     assert [p.name for p in out.iterdir()] == ["mine.txt"]
-    assert main(["export", str(run_dir), "--out", str(out), "--force"]) == 0
-    assert not (out / "mine.txt").exists() and (out / "model.safetensors").is_file()
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    assert main(["export", str(run_dir), "--out", str(empty)]) == 0  # an empty folder is fine
+    (out / "mine.txt").unlink()
+    assert main(["export", str(run_dir), "--out", str(out)]) == 0  # an empty folder is fine
+    (out / "stale.txt").write_text("from an older export")
+    assert main(["export", str(run_dir), "--out", str(out), "--force"]) == 0  # a previous export is replaced
+    assert not (out / "stale.txt").exists() and (out / "model.safetensors").is_file()
 
 
 @pytest.mark.parametrize("args,message", [

@@ -7,7 +7,7 @@ come from (run directory, step, checkpoint sha256, llmlab config).
 
 Atomic: everything is written into a hidden staging folder next to --out and renamed into place
 at the end, so --out is either absent, untouched, or complete. A non-empty --out is refused
-unless `force`, which replaces it whole.
+unless `force`, which replaces a previous export whole (never another folder).
 """
 
 from __future__ import annotations
@@ -24,14 +24,20 @@ from llmlab.export.hf import ExportError, hf_architecture, routing_notes, to_tra
 from llmlab.export.hf_tokenizer import write_tokenizer
 
 FORMATS = ("hf",)
+PROVENANCE = "llmlab.json"
 
 
 def check_target(out: Path, force: bool) -> None:
-    """Refuse to write over anything unless `force`."""
+    """Refuse to write over anything unless `force`, and let `force` replace only a previous
+    export (a folder with llmlab.json): a mistyped --out must never delete someone's folder."""
     if out.exists() and not out.is_dir():
         raise ExportError(f"--out {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not force:
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not force:
         raise ExportError(f"--out {out} is not empty: choose a new folder, or pass --force to replace it")
+    if not (out / PROVENANCE).is_file():
+        raise ExportError(f"--out {out} is not a previous export (no {PROVENANCE}): --force replaces only those")
 
 
 def export_run(run_dir: str | Path, out: str | Path, fmt: str = "hf", force: bool = False) -> dict[str, Any]:
@@ -58,7 +64,7 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str = "hf", force: boo
         staging.mkdir()
         _save_model(hf, staging)
         write_tokenizer(tokenizer, staging, cfg.model.max_seq_len)
-        (staging / "llmlab.json").write_text(json.dumps(provenance, indent=2) + "\n")
+        (staging / PROVENANCE).write_text(json.dumps(provenance, indent=2) + "\n")
         _fsync_tree(staging)
         _move_into_place(staging, out)
     finally:
