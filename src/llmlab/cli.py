@@ -455,7 +455,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", default="hf", choices=("hf",),
                    help="hf: Llama (dense, GQA; Mistral when d_model %% n_heads != 0) or Mixtral (MoE) layout")
     p.add_argument("--out", required=True, help="a new (or empty) folder")
-    p.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--force", action="store_true", help="replace a previous export at --out (never another folder)")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.set_defaults(func=_cmd_export)
 
