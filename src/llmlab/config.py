@@ -249,6 +249,11 @@ class TrainConfig:
     """Evaluate on the fixed validation windows every this many steps (0 = only at the end)."""
     eval_windows: int = 64
     """Number of fixed validation windows of seq_len tokens."""
+    eval_stride: int = 0
+    """Sliding-window evaluation: windows of seq_len start every eval_stride tokens and score only
+    their last eval_stride tokens, so each token (after the first window) is predicted from at least
+    seq_len - eval_stride tokens of context, as WikiText perplexities are usually reported. Costs
+    seq_len / eval_stride times the forward passes. 0 = non-overlapping windows (= seq_len)."""
     ckpt_interval: int = 100
     """Checkpoint every this many steps (0 = only at the end)."""
     keep_checkpoints: int = 2
@@ -263,6 +268,9 @@ class TrainConfig:
                      "ckpt_interval", "min_lr", "weight_decay", "grad_clip"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.eval_stride <= self.seq_len:
+            raise ConfigError(f"train.eval_stride ({self.eval_stride}) must be between 0 (= seq_len) and "
+                              f"train.seq_len ({self.seq_len})")
         _choice("train.schedule", self.schedule, SCHEDULES)
         _choice("train.dtype", self.dtype, DTYPES)
         _choice("train.parallelism", self.parallelism, PARALLELISMS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -58,3 +59,23 @@ def test_run_spikes_reads_loss_and_grad_norm_from_metrics_rows():
 def test_bad_rule_is_an_error():
     with pytest.raises(LLMLabError, match="min_window"):
         SpikeRule(window=5, min_window=10)
+    with pytest.raises(LLMLabError, match="ref"):
+        SpikeRule(ref=60)
+
+
+def test_a_real_tiny_run_has_no_spikes_until_one_is_injected(make_config, tmp_path):
+    from llmlab.config import load_run_config
+    from llmlab.train import train
+    from llmlab.train.stability import run_stability
+
+    train(load_run_config(make_config(train={"max_steps": 60})), tmp_path / "run")
+    clean = run_stability(tmp_path / "run")
+    assert (clean["loss"]["count"], clean["grad_norm"]["count"]) == (0, 0)
+    path = tmp_path / "run" / "metrics.jsonl"
+    lines = path.read_text().splitlines()
+    rows = [json.loads(line) for line in lines]
+    for row in rows:
+        if row.get("step") == 45 and "loss" in row:
+            row["loss"] += 1.0
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert run_stability(tmp_path / "run")["loss"]["steps"] == [45]

@@ -36,6 +36,7 @@ from llmlab.train.lock import RunDirBusy, RunLock
 from llmlab.train.metrics import MetricsWriter, Progress, Throughput, mfu, peak_flops, peak_memory_mb, routing_stats, truncate_after
 from llmlab.train.optim import build_optimizer, set_lr
 from llmlab.train.record import check_resumable, environment, identity, training_changes, write_config
+from llmlab.train.routing_probe import record_routing
 from llmlab.train.schedule import lr_at
 from llmlab.train.setup import autocast_dtype, build_model, compile_fn, prepare_data, rng_state, set_rng_state
 from llmlab.train.signals import EXIT_DIVERGED, EXIT_OK, EXIT_STOPPED, StopRequest
@@ -333,6 +334,8 @@ def _evaluate(run: Run, split: str, max_windows: int | None) -> dict[str, float]
 
 def _log_eval(run: Run) -> dict[str, float]:
     val = _evaluate(run, "val", run.cfg.train.eval_windows)
+    # MoE: the probe's top-k experts at this step, for router saturation (OLMoE); dense: no-op.
+    record_routing(run.model, run.cfg, run.data_dir, run.run_dir, run.step, run.amp_dtype, write=run.info.is_main)
     run.emit({"step": run.step, "val_loss": val["loss"], "val_ppl": val["ppl"], "time": time.time()})
     run.progress.message(f"step {run.step}: val_loss {val['loss']:.4f} (ppl {val['ppl']:.2f})")
     return val

@@ -1,9 +1,8 @@
 """Building blocks shared by `llmlab train` and `llmlab eval`: data, dtype, model, compilation,
-RNG state, and the per-split figures (loss, perplexity, bits per byte, word perplexity)."""
+RNG state. (The per-split figures are in llmlab.train.evaluate.)"""
 
 from __future__ import annotations
 
-import math
 import random
 import warnings
 from pathlib import Path
@@ -87,26 +86,3 @@ def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
 def _tuples(x: Any) -> Any:
     """random.setstate wants the tuples that a round trip through pickling may turn into lists."""
     return tuple(_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
-
-
-# ---------------------------------------------------------------------------------------------
-
-
-def split_figures(loss: float, split_meta: dict[str, Any]) -> dict[str, float]:
-    """Loss (nats/token), perplexity, and the tokenizer-independent figures.
-
-    bits per byte = loss x tokens / (bytes x ln 2); word-level perplexity = exp(loss x tokens / words)
-    (the WikiText convention: total NLL over the number of words). Token, byte and word counts are
-    those of the whole split, so these are exact on a full pass (test) and an estimate from the
-    fixed windows on validation."""
-    out = {"loss": loss, "ppl": _exp(loss)}
-    tokens, n_bytes, words = (split_meta.get(k) for k in ("tokens", "bytes", "words"))
-    if tokens and n_bytes:
-        out["bits_per_byte"] = loss * tokens / (n_bytes * math.log(2))
-    if tokens and words:
-        out["word_ppl"] = _exp(loss * tokens / words)
-    return out
-
-
-def _exp(x: float) -> float:
-    return math.exp(x) if x < 700 else math.inf
