@@ -60,3 +60,15 @@ def test_resume_with_another_micro_batch_size(tiny_data, tmp_path):
     torch.testing.assert_close(losses(resumed), losses(reference), rtol=1e-5, atol=0)
     with pytest.raises(CheckpointError, match="train.tokens_per_update: checkpoint 512, now 256"):
         run(tmp_path, tiny_data, "third", run_dir="resumed", micro_batch_size=4, max_steps=6, tokens_per_update=256)
+
+
+def test_identity_of_an_earlier_checkpoint_is_checked_on_what_it_recorded(tmp_path):
+    from llmlab.train.record import check_resumable
+
+    now = {"model.d_model": 64, "train.seq_len": 32, "train.tokens_per_update": 512, "train.seed": 0, "world_size": 1}
+    earlier = {"model.d_model": 64, "train.seq_len": 32, "train.micro_batch_size": 8, "train.seed": 0, "world_size": 1}
+    check_resumable(earlier, now, tmp_path)  # micro_batch_size retired, tokens_per_update not recorded then
+    with pytest.raises(CheckpointError, match=r"train.seq_len: checkpoint 32, now 64"):
+        check_resumable(earlier, {**now, "train.seq_len": 64}, tmp_path)
+    with pytest.raises(CheckpointError, match=r"model.d_model: checkpoint 64, now None"):
+        check_resumable(earlier, {k: v for k, v in now.items() if k != "model.d_model"}, tmp_path)
