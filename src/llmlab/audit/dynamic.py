@@ -1,0 +1,306 @@
+"""Dynamic checks: what dynamo does when it compiles the user's model.
+
+Backends (the answers below depend on dynamo's tracing and guards, not on code generation):
+- train step (and the forward's graph breaks, from the same compilation): "aot_eager" —
+  AOTAutograd traces forward and backward exactly as inductor would receive them, without
+  generating kernels (seconds instead of tens of seconds on a CPU);
+- other shapes: "eager" (forward + loss only: whether a new shape recompiles is dynamo's call);
+- decode: "eager" — recompilations are decided by dynamo's guards, before any backend runs.
+Graphs and graph-break reasons are collected by `ExplainWithBackend` (what `torch._dynamo.explain`
+uses) wrapped around the backend, so one compilation answers both; recompilation reasons come from
+`torch._dynamo.utils.get_compilation_metrics()` (the guard that failed, and the user's line).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import logging
+import re
+from typing import Any, Iterator
+
+import torch
+import torch._dynamo
+import torch._dynamo.utils as dynamo_utils
+from torch._dynamo import convert_frame, symbolic_convert
+from torch._dynamo.backends.debugging import ExplainWithBackend
+from torch._dynamo.testing import CompileCounterWithBackend
+
+from llmlab.audit.coverage import is_user_file
+from llmlab.audit.target import AuditInputError, Target
+
+DECODE_POSITIONS = 32
+
+
+@dataclasses.dataclass
+class Event:
+    """A graph break or a recompilation, at the user's file:line when dynamo says where."""
+
+    kind: str  # graph-break | recompilation | compile-error
+    reason: str
+    file: str | None = None
+    line: int | None = None
+
+
+@dataclasses.dataclass
+class CheckResult:
+    name: str
+    value: Any
+    ok: bool
+    detail: str = ""
+    events: list[Event] = dataclasses.field(default_factory=list)
+    seconds: float = 0.0
+    info: bool = False  # information only: never fails the audit
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[io.StringIO]:
+    """Dynamo's warnings and the user's prints go to a buffer: the report (and --json) stays clean."""
+    logger = logging.getLogger("torch._dynamo")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    buffer = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buffer):
+            yield buffer
+    finally:
+        logger.setLevel(level)
+
+
+def first_line(text: str) -> str:
+    return " ".join(str(text).strip().splitlines()[0].split()) if str(text).strip() else ""
+
+
+def user_location(frames: list[tuple[str, int]]) -> tuple[str | None, int | None]:
+    """The innermost frame in user code."""
+    for file, line in reversed(frames):
+        if is_user_file(file):
+            return file, line
+    return None, None
+
+
+def output_tensor(out: Any) -> torch.Tensor:
+    """The logits in whatever the model returns: a tensor, .logits, a tuple/list or a dict."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(getattr(out, "logits", None), torch.Tensor):
+        return out.logits
+    items = out.values() if isinstance(out, dict) else out if isinstance(out, (tuple, list)) else []
+    for item in items:
+        if isinstance(item, torch.Tensor) and item.is_floating_point():
+            return item
+    raise AuditInputError(f"the model returned {type(out).__name__}: the audit needs a tensor, an object "
+                          "with .logits, or a tuple/list/dict holding one")
+
+
+def train_loss(model: torch.nn.Module, idx: torch.Tensor) -> torch.Tensor:
+    """A loss to backpropagate: cross-entropy against idx when the output looks like LM logits (the
+    value does not matter, the backward graph does), else the mean square; plus any .aux_loss."""
+    out = model(idx)
+    logits = output_tensor(out)
+    if logits.ndim == idx.ndim + 1 and logits.shape[:-1] == idx.shape and not idx.is_floating_point():
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, -2).float(), idx.flatten())
+    else:
+        loss = logits.float().square().mean()
+    aux = getattr(out, "aux_loss", None)
+    return loss + aux if isinstance(aux, torch.Tensor) and aux.numel() == 1 else loss
+
+
+_WRAPPERS = ("Encountered graph break", "Failed to handle graph break", "Graph Break Reason:", "***")
+
+
+def _break_reason(text: str) -> str:
+    """The line that says why: dynamo wraps it in 'Encountered graph break when attempting to ...'."""
+    body = text.split("Graph Break Reason:", 1)[-1]
+    for line in body.splitlines():
+        line = line.strip()
+        if line and not line.startswith(_WRAPPERS):
+            return " ".join(line.split())
+    return first_line(body)
+
+
+class GraphBreakLog(logging.Handler):
+    """Collects dynamo's "graph_breaks" log records ("Graph break in user code at FILE:LINE /
+    Graph Break Reason: ..."): the one place that names every break's line, including breaks that
+    leave no graph before them (ExplainWithBackend only sees breaks that end a compiled graph)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.events: list[Event] = []
+        self._saved: list[tuple[logging.Logger, int, bool]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        at = re.search(r"Graph break.*? in user code at (.+):(\d+)", text)
+        if not at:
+            return
+        frames = [(at.group(1), int(at.group(2)))] + [(f, int(n)) for f, n in re.findall(r'File "([^"]+)", line (\d+)', text)]
+        file, line = user_location(frames[1:]) if not is_user_file(at.group(1)) else frames[0]
+        self.events.append(Event("graph-break", _break_reason(text), file, line))
+
+    def __enter__(self) -> "GraphBreakLog":
+        dynamo_utils.graph_break_dup_warning_checker.reset()
+        for logger in {symbolic_convert.graph_break_log, convert_frame.graph_break_log}:
+            self._saved.append((logger, logger.level, logger.propagate))
+            logger.setLevel(logging.DEBUG)
+            logger.propagate = False  # ours only: torch's handlers would print it to stderr
+            logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for logger, level, propagate in self._saved:
+            logger.removeHandler(self)
+            logger.setLevel(level)
+            logger.propagate = propagate
+
+
+def _break_events(reasons: list[Any]) -> list[Event]:
+    """Dynamo's graph-break reasons, each at the innermost user frame of its stack."""
+    return [Event("graph-break", first_line(r.reason), *user_location([(f.filename, f.lineno) for f in r.user_stack]))
+            for r in reasons if r.graph_break]
+
+
+def _metric_events() -> tuple[list[Event], list[Event]]:
+    """(graph breaks, recompilations) since the last clear, from dynamo's compilation metrics: a
+    frame that failed to trace (fail_reason, at fail_user_frame) and a recompilation (the guard
+    that failed; dynamo often names the user's line in it)."""
+    breaks, recompiles = [], []
+    for m in dynamo_utils.get_compilation_metrics():
+        if m.fail_reason and m.fail_user_frame_filename and is_user_file(m.fail_user_frame_filename):
+            breaks.append(Event("graph-break", first_line(m.fail_reason), m.fail_user_frame_filename,
+                                m.fail_user_frame_lineno))
+        if m.recompile_reason:
+            reason = m.recompile_reason.split("User stack")[0]
+            recompiles.append(Event("recompilation", first_line(reason), *_guard_location(m)))
+    return breaks, recompiles
+
+
+def _guard_location(m: Any) -> tuple[str | None, int | None]:
+    """The user line a failed guard came from: the stack dynamo prints ('File "...", line N'), or
+    its '# source  # path:N' comment (a path shortened from the left), else the recompiled frame."""
+    text = m.recompile_reason
+    full = re.findall(r'File "([^"]+)", line (\d+)', text)
+    located = user_location([(f, int(n)) for f, n in full])
+    if located[0]:
+        return located
+    short = re.search(r"#\s*(\S+):(\d+) in \S+\s*$", text.split("User stack")[0].strip())
+    if short and m.co_filename and m.co_filename.endswith(short.group(1).lstrip(".")):
+        return m.co_filename, int(short.group(2))
+    if m.co_filename and is_user_file(m.co_filename):
+        return m.co_filename, m.co_firstlineno
+    return None, None
+
+
+def _recompilations() -> list[Event]:
+    return _metric_events()[1]
+
+
+def _unique(events: list[Event]) -> list[Event]:
+    seen: dict[tuple[Any, ...], Event] = {}
+    for e in events:
+        seen.setdefault((e.kind, e.file, e.line), e)
+    return list(seen.values())
+
+
+def _fresh_counter(backend: str) -> CompileCounterWithBackend:
+    torch.compiler.reset()
+    dynamo_utils.clear_compilation_metrics()
+    return CompileCounterWithBackend(backend)
+
+
+def check_train(t: Target, steps: int) -> list[CheckResult]:
+    """Forward + backward + optimizer for `steps` steps at fixed shapes, compiled once with
+    ExplainWithBackend("aot_eager"): the first step's graph breaks (with reasons and lines), then
+    the compilations over all steps (1 expected)."""
+    torch.compiler.reset()
+    dynamo_utils.clear_compilation_metrics()
+    explain = ExplainWithBackend("aot_eager")
+    compiled = torch.compile(train_loss, backend=explain)
+    opt = torch.optim.SGD([p for p in t.model.parameters() if p.requires_grad], lr=1e-4)
+    t.model.train()
+    with GraphBreakLog() as log:
+        for i in range(steps):
+            compiled(t.model, t.idx).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if i == 0:
+                first = explain.output()
+    metric_breaks, recompiles = _metric_events()
+    breaks = _unique(log.events + _break_events(first.break_reasons) + metric_breaks)
+    value = len(explain.graphs)
+    forward = CheckResult("forward graph breaks", len(breaks), not breaks,
+                          f"{first.graph_count} graph(s) per step (same compilation as the train step)", breaks)
+    detail = f"{first.graph_count} graph(s) in step 1, {len(recompiles)} recompilation(s) after"
+    return [forward, CheckResult(f"train step compilations in {steps} steps", value, value == 1, detail, recompiles)]
+
+
+def other_shapes(idx: torch.Tensor) -> list[tuple[int, ...]]:
+    """Two other (batch, seq) sizes than idx's: a shorter sequence, then more rows and another length."""
+    B, T = idx.shape[0], idx.shape[1] if idx.ndim > 1 else 0
+    if idx.ndim < 2 or T < 4:
+        return [(B + 1, *idx.shape[1:]), (B + 2, *idx.shape[1:])]
+    return [(B, T // 2, *idx.shape[2:]), (B + 1, (3 * T) // 4, *idx.shape[2:])]
+
+
+def resize(idx: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """idx cut (or its rows repeated) to shape: real tokens, so embeddings stay in range."""
+    rows = idx.repeat((shape[0] + idx.shape[0] - 1) // idx.shape[0], *([1] * (idx.ndim - 1)))
+    return rows[tuple(slice(0, s) for s in shape)].contiguous()
+
+
+def check_shapes(t: Target) -> CheckResult:
+    """Forward + loss at idx's shape, then two others: does dynamo recompile, and does it make
+    dimensions dynamic? Information about shapes, not a hazard of the code (a fixed seq_len and
+    drop_last avoid it). Backend "eager": the answer is dynamo's guards', the backward adds nothing."""
+    counter = _fresh_counter("eager")
+    compiled = torch.compile(train_loss, backend=counter)
+    t.model.train()
+    shapes = other_shapes(t.idx)
+    with torch.no_grad():
+        compiled(t.model, t.idx)
+        before = counter.frame_count
+        for shape in shapes:
+            compiled(t.model, resize(t.idx, shape))
+    dynamic = any(isinstance(s, torch.SymInt) for g in counter.graphs[before:] for node in g.graph.nodes
+                  if node.op == "placeholder" for s in _shape(node))
+    dims = sorted({int(d) for e in _recompilations() for d in re.findall(r"size mismatch at index (\d+)", e.reason)})
+    more = counter.frame_count - before
+    shape_text = ", ".join(str(tuple(s)) for s in shapes)
+    detail = (f"{tuple(t.idx.shape)} then {shape_text}: {more} recompilation(s)"
+              + (f", dims {dims} made dynamic (symbolic sizes: one graph for all lengths, less specialised kernels)"
+                 if dynamic else "") + "; a fixed seq_len and drop_last keep one static graph")
+    return CheckResult("other batch/seq shapes (info)", more, True, detail, info=True)
+
+
+def _shape(node: torch.fx.Node) -> tuple[Any, ...]:
+    value = node.meta.get("example_value")
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else ()
+
+
+def decode_inputs(t: Target, position: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token (B, 1) taken from idx, and the position as a (1,) int64 tensor."""
+    tokens = t.idx.reshape(t.idx.shape[0], -1)
+    col = position % tokens.shape[1]
+    return tokens[:, col:col + 1], torch.tensor([position], device=t.idx.device)
+
+
+@torch.no_grad()
+def check_decode(t: Target, positions: int = DECODE_POSITIONS) -> CheckResult:
+    """The decode step compiled (backend "eager") over `positions` successive positions: a static
+    cache with tensor positions compiles once; a grown cache or an int position recompiles."""
+    assert t.decode_step is not None
+    t.model.eval()
+    torch.compiler.reset()
+    dynamo_utils.clear_compilation_metrics()
+    explain = ExplainWithBackend("eager")
+    compiled = torch.compile(t.decode_step, backend=explain)
+    with GraphBreakLog() as log:
+        for pos in range(positions):
+            compiled(t.model, *decode_inputs(t, pos))
+    metric_breaks, recompiles = _metric_events()
+    breaks = _unique(log.events + _break_events(explain.break_reasons) + metric_breaks)
+    value = len(explain.graphs)
+    detail = f"{len(breaks)} graph break(s), {len(recompiles)} recompilation(s)"
+    return CheckResult(f"decode compilations over {positions} positions", value, value == 1, detail,
+                       breaks + recompiles)

@@ -1,0 +1,41 @@
+"""The fixed examples compute what the flawed ones do: the fix changes how, not what."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples" / "audit"))
+nanogpt_flawed = pytest.importorskip("nanogpt_flawed")
+import nanogpt_fixed  # noqa: E402
+import stats_fixed  # noqa: E402
+import stats_flawed  # noqa: E402
+
+
+@torch.no_grad()
+def test_static_cache_decodes_like_the_grown_cache_and_the_full_forward() -> None:
+    flawed, idx, flawed_step = nanogpt_flawed.build()
+    fixed, _, fixed_step = nanogpt_fixed.build()
+    fixed.load_state_dict(flawed.state_dict())
+    flawed.eval(), fixed.eval()
+    full = fixed(idx)
+    torch.testing.assert_close(full, flawed(idx)[0])
+    for pos in range(8):
+        token, position = idx[:, pos:pos + 1], torch.tensor([pos])
+        torch.testing.assert_close(fixed_step(fixed, token, position), full[:, pos])
+        torch.testing.assert_close(flawed_step(flawed, token, position), full[:, pos])
+
+
+@torch.no_grad()
+def test_statistics_as_tensors_give_the_same_logits_and_balance() -> None:
+    flawed, idx = stats_flawed.build()
+    fixed, _ = stats_fixed.build()
+    state = {k.replace("ffns.", "moes."): v for k, v in flawed.state_dict().items()}
+    fixed.load_state_dict(state)
+    flawed.ffns[0].verbose = flawed.ffns[1].verbose = False
+    logits, stats = fixed(idx)
+    torch.testing.assert_close(logits, flawed(idx))
+    torch.testing.assert_close(stats["balance"].tolist(), [m.last_balance for m in flawed.ffns], rtol=1e-5, atol=1e-6)
