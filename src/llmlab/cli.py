@@ -274,6 +274,31 @@ def _cmd_tokenizer_train(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# audit: compile-readiness of any user model (llmlab.audit)
+
+
+def _add_audit(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("audit", help="how torch.compile-ready is your own model, line by line (exit 0 ready, 1 hazards)")
+    p.add_argument("target", metavar="FILE.py[:FACTORY]",
+                   help="FACTORY (default build) returns (model, idx) or (model, idx, decode_step)")
+    p.add_argument("--device", default="cpu", help="where the checks run (default cpu)")
+    p.add_argument("--steps", type=int, default=4, help="compiled train steps at fixed shapes (default 4)")
+    p.add_argument("--json", action="store_true", help="one JSON object: verdict, checks, every finding")
+    p.set_defaults(func=_cmd_audit)
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from llmlab.audit import audit, render, to_json
+
+    report = audit(args.target, device=args.device, steps=args.steps)
+    if args.json:
+        _print_json(to_json(report))
+    else:
+        print(render(report))
+    return report.exit_code
+
+
+# ---------------------------------------------------------------------------------------------
 # compile-check (its own arguments: see llmlab.bench.compile_check)
 
 
@@ -358,15 +383,15 @@ def _add_campaign(sub: argparse._SubParsersAction) -> None:
     p.add_argument("campaign", help="a campaign TOML (configs/campaigns/*.toml)")
     p.add_argument("--out", default=None, help="output folder (default: runs/<campaign name>)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every variant")
-    p.add_argument("--retrain", action="append", default=[], metavar="VARIANT",
-                   help="delete this variant's run directory and train it again (repeatable); needed when its"
-                        " record was made under another config")
     _add_rerun_flags(p)
     _add_memory_gb(p)
     p.set_defaults(func=_cmd_campaign)
 
 
 def _add_rerun_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--retrain", action="append", default=[], metavar="VARIANT",
+                   help="delete this variant's run directory and train it again (repeatable); needed when its"
+                        " record was made under another config")
     p.add_argument("--remeasure", action="store_true",
                    help="time the decode sweep again even where infer.json holds the same measurement")
 
@@ -409,10 +434,10 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the whole path in minutes on a CPU: prepare, train 4 variants, sweep decode, compare")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every variant")
+    _add_rerun_flags(p)
     p.set_defaults(func=_cmd_demo)
 
 
-    _add_rerun_flags(p)
 def _cmd_demo(args: argparse.Namespace) -> int:
     from llmlab.campaign.demo import run_demo
 
@@ -479,7 +504,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_prepare, _add_tokenizer, _add_params, _add_generate, _add_train, _add_eval,
     _add_compile_check, _add_plan, _add_campaign, _add_report, _add_demo, _add_bench,
-    _add_export,
+    _add_export, _add_audit,
 ]
 
 
