@@ -212,7 +212,8 @@ def check_same_function(model: GPT, peer: Any, idx: torch.Tensor, greedy_tokens:
     try:
         diff = (peer(idx).logits.float() - model(idx).logits.float()).abs().max().item()
         if not diff <= atol:
-            raise PeerMismatch(f"peer logits differ from llmlab's by {diff:.3g} (> {atol:g}): not the same model")
+            why = "; ".join(routing_notes(model.config)) or "not the same model"
+            raise PeerMismatch(f"peer logits differ from llmlab's by {diff:.3g} (> {atol:g}): {why}")
         if greedy_tokens:
             ours = generate(model, idx, greedy_tokens)
             theirs = peer.generate(idx, max_new_tokens=greedy_tokens, min_new_tokens=greedy_tokens, do_sample=False,
