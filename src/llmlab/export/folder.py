@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from llmlab.config import to_dict
 from llmlab.export.hf import ExportError, hf_architecture, routing_notes, to_transformers
 from llmlab.export.hf_tokenizer import write_tokenizer
 
@@ -48,7 +49,7 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str = "hf", force: boo
 
     if fmt not in FORMATS:
         raise ExportError(f"--format must be one of {', '.join(FORMATS)}; got {fmt!r}")
-    out = Path(out)
+    out = Path(out).resolve()  # "." or "x/.." have no usable name for the staging folder
     check_target(out, force)
     cfg, entry, model = load_run_model(run_dir, torch.device("cpu"))
     arch = hf_architecture(cfg.model)  # refuse before any work
@@ -56,7 +57,7 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str = "hf", force: boo
     hf = to_transformers(model.eval(), eos_token_id=tokenizer.eot_id)
     provenance = {"run_dir": str(Path(run_dir).resolve()), "step": entry.step, "checkpoint": entry.file,
                   "checkpoint_sha256": entry.sha256, "architecture": arch, "tokenizer": tokenizer.name,
-                  "tokenizer_hash": tokenizer.hash, "notes": routing_notes(cfg.model), "config": _config_dict(cfg)}
+                  "tokenizer_hash": tokenizer.hash, "notes": routing_notes(cfg.model), "config": to_dict(cfg)}
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.export-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
@@ -71,12 +72,6 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str = "hf", force: boo
         shutil.rmtree(staging, ignore_errors=True)
     return {"out": str(out), "architecture": arch, "step": entry.step, "tokenizer": tokenizer.name,
             "files": sorted(p.name for p in out.iterdir()), "notes": provenance["notes"]}
-
-
-def _config_dict(cfg: Any) -> dict[str, Any]:
-    from llmlab.config import to_dict
-
-    return to_dict(cfg)
 
 
 def _save_model(hf: Any, folder: Path) -> None:
