@@ -136,7 +136,7 @@ def test_word_perplexity_only_on_wikitext():
 
 
 def test_stride_out_of_range_is_a_config_error(wikitext_run):
-    with pytest.raises(ConfigError, match=r"train.eval_stride \(40\) must be between 0 \(= seq_len\) and train.seq_len \(32\)"):
+    with pytest.raises(ConfigError, match=r"eval_stride \(40\) must be between 0 \(= seq_len\) and train.seq_len \(32\)"):
         TrainConfig(seq_len=32, eval_stride=40, max_steps=1)
     with pytest.raises(ConfigError, match=r"--stride \(0\) must be between 1 and the run's seq_len \(32\)"):
         evaluate_run(wikitext_run[0], "test", device="cpu", stride=0)

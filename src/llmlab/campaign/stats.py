@@ -170,5 +170,5 @@ def _check_confidence(confidence: float) -> None:
         raise LLMLabError(f"confidence must be in (0, 1), got {confidence}")
 
 
-__all__ = ["Summary", "PairedDifference", "summarize", "paired_difference", "compare_to_baseline", "resolvable_difference",
-           "pooled_std", "BETTER", "WORSE", "NO_DIFFERENCE", "ONE_SEED"]
+__all__ = ["Summary", "PairedDifference", "summarize", "paired_difference", "compare_to_baseline",
+           "resolvable_difference", "pooled_std", "BETTER", "WORSE", "NO_DIFFERENCE", "ONE_SEED"]
