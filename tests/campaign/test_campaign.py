@@ -135,7 +135,7 @@ def fake_run(run_dir: Path, val: float, moe: bool, kv_heads: int = 4) -> None:
     (run_dir / "config.toml").write_text(dump_toml(cfg.to_dict()))
     (run_dir / "result.json").write_text(json.dumps({
         "status": "completed", "val_loss": val, "test_loss": val + 0.1, "test_ppl": 2.0, "tokens_per_s": 1000.0,
-        "tokens": 4096, "params": {"active_non_embedding": 100, "total": 300 if moe else 100,
+        "tokens": 4096, "params": {"active_non_embedding": 100, "active": 120, "total": 300 if moe else 100,
                                    "kv_cache_bytes_per_token": 64}}))
     case = lambda tok_s: {"prefill_s": 0.002, "decode_tokens_per_s": tok_s}  # noqa: E731
     points = [{"context": 64, "batch_size": 1, "cases": {"kv_cache": case(50.0), "no_cache": case(10.0)}},
@@ -163,8 +163,8 @@ def test_report_reads_records_in_campaign_order(tmp_path: Path) -> None:
     assert rows[1]["moe_max_load"] == 2.0 and rows[1]["moe_min_load"] == 0.0 and rows[1]["moe_dropped_frac"] == 0.1
     assert "moe_max_load" not in rows[0]
     md = (tmp_path / "report.md").read_text()
-    assert "| base+moe | compared | 100 | 300 | 3.0000 | 3.1000 |" in md
-    assert "| base (kv only) | ablation | 100 | 100 | 3.6000 |" in md  # labelled
+    assert "| base+moe | compared | 0.002 | 1 | 100 | 300 | 3.0000 (1 seed) | 3.1000 (1 seed) |" in md
+    assert "| base (kv only) | ablation | 0.002 | 1 | 100 | 100 | 3.6000 (1 seed) |" in md  # labelled
     # memory at a 1 GiB budget, fp32 (from infer.json): half the KV heads, about twice the batch
     memory = md.split("## Memory")[1].split("##")[0]
     assert "memory budget 1.0 GiB (--memory-gb), fp32 decode, batch at seq_len 128" in memory
@@ -242,7 +242,7 @@ def mini(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def mtimes(out: Path, name: str) -> tuple[float, float]:
-    return tuple((out / d / name).stat().st_mtime_ns for d in ("mha", "mqa"))
+    return tuple((out / d / "seed-0" / name).stat().st_mtime_ns for d in ("mha", "mqa"))
 
 
 def test_campaign_runs_end_to_end_and_keeps_its_records_honest(tmp_path: Path, mini: str) -> None:
@@ -255,7 +255,7 @@ def test_campaign_runs_end_to_end_and_keeps_its_records_honest(tmp_path: Path, m
     path.write_text(mini)
     campaign = load_campaign(path)
     dirs = run_campaign(campaign, out)
-    assert [d.name for d in dirs] == ["mha", "mqa"]
+    assert [str(d.relative_to(out)) for d in dirs] == ["mha/seed-0", "mqa/seed-0"]
     for d in dirs:
         infer = json.loads((d / "infer.json").read_text())
         assert [(p["context"], p["batch_size"]) for p in infer["points"]] == [(16, 1), (16, 2), (48, 1), (48, 2)]
@@ -296,4 +296,74 @@ def test_campaign_runs_end_to_end_and_keeps_its_records_honest(tmp_path: Path, m
     path.write_text(mini.replace("repeats = 1", "repeats = 2"))
     run_campaign(load_campaign(path), out)  # a changed measurement spec is measured again, never kept
     assert all(a != b for a, b in zip(mtimes(out, "infer.json"), timed))
-    assert json.loads((out / "mha" / "infer.json").read_text())["spec"]["repeats"] == 2
+    assert json.loads((out / "mha/seed-0/infer.json").read_text())["spec"]["repeats"] == 2
+
+
+def study_campaign(mini: str) -> str:
+    """The mini campaign as a study: 2 LRs x 2 seeds, three variants (dense MHA, MQA, MQA + MoE)."""
+    study = mini.replace('name = "mini"', 'name = "study"\ntolerance = 0.05\nseeds = [0, 1]\n'
+                                          '[sweep]\nlr = [1e-4, 3e-3]\nfraction = 0.5', 1)
+    study = study.replace("max_steps = 3", "max_steps = 4").replace("eval_interval = 0", "eval_interval = 2")
+    study = study.replace("batch_sizes = [1, 2]", "batch_sizes = [1]")
+    return study + ('[[variant]]\nname = "moe"\n[variant.model]\nn_heads = 3\nn_kv_heads = 1\n'
+                    '[variant.model.moe]\nn_experts = 4\ntop_k = 2\nd_ff_expert = 32\ndispatch = "loop"\n')
+
+
+@pytest.mark.slow  # a whole campaign: 12 tiny runs, a decode sweep, a report (~45 s of CPU)
+def test_study_picks_each_variants_lr_runs_every_seed_and_reports(tmp_path: Path, mini: str) -> None:
+    """Sweep -> per-variant LR (lowest final val loss) -> every seed at it -> report with every plot
+    and a generated Findings section; a rerun trains and times nothing again."""
+    from llmlab.campaign.run import run_campaign
+
+    path, out = tmp_path / "study.toml", tmp_path / "out"
+    path.write_text(study_campaign(mini))
+    campaign = load_campaign(path)
+    run_campaign(campaign, out)
+    record = json.loads((out / "campaign.json").read_text())
+    for v in record["variants"]:
+        sweep = {lr: json.loads((out / v["dir"] / "sweep" / f"lr-{lr:g}" / "result.json").read_text())["val_loss"]
+                 for lr in (1e-4, 3e-3)}
+        assert v["lr"] == min(sweep, key=sweep.get), (v["name"], sweep)  # the lower val loss wins
+        assert [e["val_loss"] for e in v["sweep"]] == [sweep[1e-4], sweep[3e-3]]
+        sweep_cfg = load_run_config(out / v["dir"] / "sweep/lr-0.0001/config.toml").train
+        assert sweep_cfg.max_steps == 2 and sweep_cfg.seed == 0  # half the budget, the first seed
+        assert [r["seed"] for r in v["runs"]] == [0, 1]
+        for seed in (0, 1):
+            cfg = load_run_config(out / v["dir"] / f"seed-{seed}" / "config.toml").train
+            assert (cfg.lr, cfg.seed, cfg.total_steps()) == (v["lr"], seed, 4)
+            assert (out / v["dir"] / f"seed-{seed}" / "result.json").is_file()
+        assert (out / v["dir"] / "seed-0/infer.json").is_file() and not (out / v["dir"] / "seed-1/infer.json").exists()
+
+    report = write_report(out, memory_gb=1.0)
+    names = {Path(f).name for f in report["files"]}
+    assert {"loss.png", "params_vs_loss.png", "lr_sweep.png", "decode.png", "memory.png",
+            "moe_load_moe.png", "moe_routing_moe.png"} <= names
+    assert all((out / n).stat().st_size > 1000 for n in names if n.endswith(".png"))
+    md = (out / "report.md").read_text()
+    findings = md.split("## Findings")[1]
+    for claim in ("GQA with more query heads lowers test loss: test loss mqa − mha =",
+                  "GQA + MoE lowers test loss: test loss moe − mha =", "GQA + MoE lowers test loss further than GQA",
+                  "GQA shrinks the KV cache", "The KV cache speeds up decoding", "Seed noise"):
+        assert claim in findings.replace("**", ""), claim
+    assert "over 2 paired seeds" in findings and "Verdict:" in findings
+    assert "| mqa | mha | 2 |" in md  # the paired-difference table
+    assert "lowest validation loss" in md and "Spikes (loss and gradient norm, per run)" in md
+
+    results = sorted(out.rglob("result.json"))
+    assert len(results) == 12  # 3 variants x (2 sweep LRs + 2 seeds)
+    before = {p: p.stat().st_mtime_ns for p in results + sorted(out.rglob("infer.json"))}
+    run_campaign(load_campaign(path), out)  # everything done: nothing trained or timed again
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+
+
+def test_lr_choice_rule() -> None:
+    from llmlab.campaign.schedule import choose_lr
+
+    entries = [{"lr": 1e-3, "status": "completed", "val_loss": 2.0},
+               {"lr": 2e-3, "status": "completed", "val_loss": 1.9},
+               {"lr": 4e-3, "status": "diverged", "val_loss": None}]
+    assert choose_lr("v", entries) == 2e-3
+    entries[0]["val_loss"] = 1.9  # a tie goes to the smaller rate
+    assert choose_lr("v", entries) == 1e-3
+    with pytest.raises(LLMLabError, match="no sweep run finished"):
+        choose_lr("v", [entries[2]])

@@ -29,8 +29,8 @@ IGNORED_KEYS = ("train.log_interval", "train.ckpt_interval", "train.keep_checkpo
 
 
 def run_dirname(name: str) -> str:
-    """A variant's run directory name: its name with anything but [A-Za-z0-9-_.] as '-'.
-    (Issue 9's LR sweeps and seeds go below it: <variant>/lr-.../seed-N.)"""
+    """A variant's folder name: its name with anything but [A-Za-z0-9-_.] as '-'. Its runs go
+    below it: <variant>/sweep/lr-X and <variant>/seed-N (schedule.py)."""
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
 
 
@@ -50,15 +50,17 @@ def fingerprint(cfg: RunConfig, data: dict[str, Any]) -> dict[str, Any]:
     return {"fields": fields, "sha256": digest}
 
 
-def fingerprints(campaign: Campaign) -> dict[str, dict[str, Any]]:
-    """Each variant's fingerprint (its data prepared, once per data folder, when missing)."""
-    data: dict[str, dict[str, Any]] = {}
-    out = {}
-    for v in campaign.variants:
-        key = str(v.config.data.resolved_dir)
-        data[key] = data.get(key) or data_identity(v.config.data)
-        out[v.name] = fingerprint(v.config, data[key])
-    return out
+class DataIdentities:
+    """data_identity per data folder, computed once (preparing the data when missing)."""
+
+    def __init__(self) -> None:
+        self._known: dict[str, dict[str, Any]] = {}
+
+    def __call__(self, data: DataConfig) -> dict[str, Any]:
+        key = str(data.resolved_dir)
+        if key not in self._known:
+            self._known[key] = data_identity(data)
+        return self._known[key]
 
 
 def differences(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any, Any]]:
@@ -81,36 +83,40 @@ def _mismatch(name: str, run_dir: Path, new: dict[str, Any]) -> str | None:
     return f"variant {name!r} in {run_dir} was run with {key} = {old!r}, the campaign now says {now!r}{more}"
 
 
-def check_records(campaign: Campaign, out: Path, fingerprints: dict[str, dict[str, Any]],
-                  retrain: list[str]) -> list[Path]:
-    """Raise naming every variant whose record differs (unless in `retrain`); return the run
-    directories to delete before retraining."""
+def check_records(planned: list[tuple[str, Path, dict[str, Any]]]) -> None:
+    """Raise naming every run whose record differs from its planned fingerprint.
+    planned: (variant name, run directory, fingerprint) for each run the campaign will make."""
+    problems = [(name, p) for name, run_dir, fp in planned if (p := _mismatch(name, run_dir, fp))]
+    if problems:
+        raise ConfigError("; ".join(p for _, p in problems)
+                          + f" -- retrain it (--retrain {problems[0][0]!r}) or use a fresh --out")
+
+
+def variants_to_retrain(campaign: Campaign, out: Path, retrain: list[str]) -> list[Path]:
+    """The variant folders to delete for --retrain (checked to hold only run records). Also refuses
+    a variant folder that is itself a run: a record of the layout before per-seed runs, which no
+    planned run would be compared with."""
     names = [v.name for v in campaign.variants]
     unknown = [n for n in retrain if n not in names]
     if unknown:
         raise ConfigError(f"--retrain {unknown[0]!r}: no such variant (variants: {', '.join(names)})")
-    problems, stale = [], []
+    stale = []
     for name in names:
-        run_dir = out / run_dirname(name)
-        if name in retrain:
-            if run_dir.is_dir():
-                stale.append(_deletable(run_dir))
-            continue
-        problem = _mismatch(name, run_dir, fingerprints[name])
-        if problem:
-            problems.append((name, problem))
-    if problems:
-        raise ConfigError("; ".join(p for _, p in problems)
-                          + f" -- retrain it (--retrain {problems[0][0]!r}) or use a fresh --out")
+        folder = out / run_dirname(name)
+        if name in retrain and folder.is_dir():
+            stale.append(_deletable(folder))
+        elif (folder / FINGERPRINT_FILE).is_file() or (folder / "config.toml").is_file():
+            raise ConfigError(f"{folder} holds a run of the single-run layout (runs now go to "
+                              f"{folder}/seed-N): --retrain {name!r} or use a fresh --out")
     return stale
 
 
-def _deletable(run_dir: Path) -> Path:
-    """run_dir, after checking it is a run directory (so --retrain never deletes anything else)."""
-    if any(run_dir.iterdir()) and not ((run_dir / FINGERPRINT_FILE).is_file() or (run_dir / "config.toml").is_file()):
-        raise ConfigError(f"--retrain: {run_dir} is not a run directory (no {FINGERPRINT_FILE}, no config.toml); "
+def _deletable(folder: Path) -> Path:
+    """folder, after checking it holds run records (so --retrain never deletes anything else)."""
+    if any(folder.iterdir()) and not any(folder.rglob(FINGERPRINT_FILE)) and not (folder / "config.toml").is_file():
+        raise ConfigError(f"--retrain: {folder} holds no run record (no {FINGERPRINT_FILE}, no config.toml); "
                           "not deleting it")
-    return run_dir
+    return folder
 
 
 def reset(run_dirs: list[Path]) -> None:

@@ -48,7 +48,7 @@ from llmlab.config import RunConfig, deep_merge, read_toml, run_config_from_dict
 from llmlab.errors import ConfigError
 from llmlab.model.accounting import count
 
-CAMPAIGN_KEYS = ("name", "match", "tolerance", "generate", "variant")
+CAMPAIGN_KEYS = ("name", "match", "tolerance", "generate", "variant", "sweep", "seeds")
 MATCH_KEYS = ("active_non_embedding", "active", "non_embedding", "total", "none")
 # What "equal data and budget" means: a non-ablation variant must share these with the first one.
 RECIPE_KEYS = ("data.dataset", "data.tokenizer", "data.dir", "train.seq_len", "train.tokens_per_update",
@@ -92,6 +92,29 @@ class GenerateSpec:
 
 
 @dataclass
+class SweepSpec:
+    """`[sweep]`: a learning-rate grid every variant runs on the same tokens (the first seed, a
+    fraction of the budget); the LR with the lowest final validation loss is used for its full runs.
+    DESIGN.md 9: each variant at its own tuned learning rate."""
+
+    lr: list[float] = field(default_factory=list)
+    fraction: float = 1.0
+    """Share of the budget each sweep run trains on (rounded down to whole updates, at least one);
+    its schedule (warm-up, cosine) is the full run's compressed to that length. A shorter sweep
+    favours higher learning rates a little: the rule is stated in the report."""
+
+    def __post_init__(self) -> None:
+        lrs = self.lr
+        if not isinstance(lrs, list) or len(lrs) < 2 or not all(isinstance(x, (int, float)) and x > 0 for x in lrs):
+            raise ConfigError(f"sweep.lr must be a list of at least two positive learning rates; got {lrs!r}")
+        if len(set(lrs)) != len(lrs):
+            raise ConfigError(f"sweep.lr has a repeated value: {lrs!r}")
+        self.lr = sorted(float(x) for x in lrs)
+        if not isinstance(self.fraction, (int, float)) or not 0 < self.fraction <= 1:
+            raise ConfigError(f"sweep.fraction must be in (0, 1]; got {self.fraction!r}")
+
+
+@dataclass
 class Variant:
     name: str
     config: RunConfig
@@ -107,6 +130,11 @@ class Campaign:
     tolerance: float
     generate: GenerateSpec
     variants: list[Variant] = field(default_factory=list)
+    sweep: SweepSpec | None = None
+    """None: each variant trains at its config's train.lr."""
+    seeds: list[int] = field(default_factory=list)
+    """Every variant runs at every seed (init and data order: seed s is paired across variants);
+    empty in the file = [the shared train.seed]."""
 
 
 def load_campaign(path: str | Path, overrides: list[str] = ()) -> Campaign:
@@ -126,7 +154,8 @@ def load_campaign(path: str | Path, overrides: list[str] = ()) -> Campaign:
         gen = GenerateSpec(**data.get("generate", {}))
     except TypeError as e:
         raise ConfigError(f"{path}: [generate]: {e}") from None
-    campaign = Campaign(data.get("name", path.stem), match, float(data.get("tolerance", 0.01)), gen)
+    campaign = Campaign(data.get("name", path.stem), match, float(data.get("tolerance", 0.01)), gen,
+                        sweep=_sweep(path, data.get("sweep")), seeds=_seeds(path, data.get("seeds")))
     names = set()
     for spec in specs:
         name = spec.get("name")
@@ -145,7 +174,27 @@ def load_campaign(path: str | Path, overrides: list[str] = ()) -> Campaign:
     check_recipe(campaign)
     check_match(campaign)
     check_generate(campaign)
+    campaign.seeds = campaign.seeds or [campaign.variants[0].config.train.seed]
     return campaign
+
+
+def _sweep(path: Path, table: Any) -> SweepSpec | None:
+    if table is None:
+        return None
+    try:
+        return SweepSpec(**table)
+    except TypeError as e:
+        raise ConfigError(f"{path}: [sweep]: {e} (keys: lr, fraction)") from None
+
+
+def _seeds(path: Path, seeds: Any) -> list[int]:
+    if seeds is None:
+        return []
+    ok = isinstance(seeds, list) and seeds and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
+                                                   for s in seeds)
+    if not ok or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"{path}: seeds must be a non-empty list of distinct integers >= 0; got {seeds!r}")
+    return list(seeds)
 
 
 def _variant_tables(path: Path, spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

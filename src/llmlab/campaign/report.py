@@ -1,10 +1,13 @@
-"""`llmlab report DIR`: comparison tables from run records alone (result.json, infer.json,
-metrics.jsonl, config.toml), as markdown, CSV and (when matplotlib is installed) a loss plot.
+"""`llmlab report DIR`: the campaign's answer from run records alone (campaign.json, result.json,
+infer.json, metrics.jsonl, routing/, config.toml), as report.md, report.csv and PNGs (matplotlib).
 
-DIR is a campaign output (campaign.json names the variants, in order, and which are ablations) or
-any folder of run directories. Ratios are against the first variant: the baseline. Sections:
-quality, speed, MoE routing (one row per variant), memory (what fits a budget), and the decode
-sweep (one row per variant, context and batch size).
+DIR is a campaign output (campaign.json: variants in order, ablations, sweep points and chosen LR,
+runs by seed) or any folder of run directories (one run per variant). Comparisons are against the
+first variant, the baseline. Sections: method (seeds, LR rule, spike rule, verdict rule); quality
+(mean ± std over seeds) with loss-vs-tokens and params-vs-loss plots; paired differences; the LR
+sweep; speed; stability (spikes per run); MoE routing over training (load heatmap, dropped
+fraction, entropy, router saturation); memory (what fits a budget); the decode sweep; and the
+Findings, generated from those numbers (findings.py).
 """
 
 from __future__ import annotations
@@ -15,17 +18,21 @@ import json
 from pathlib import Path
 from typing import Any
 
+from llmlab.campaign import aggregate, figures
+from llmlab.campaign.findings import findings
+from llmlab.campaign.integrity import run_dirname
 from llmlab.campaign.memory import MEMORY_COLUMNS, describe_budget, memory_budget, memory_table
+from llmlab.campaign.records import VariantRecord, load_records
 from llmlab.errors import LLMLabError
 from llmlab.runs import read_metrics, write_bytes_atomic
 
 Column = tuple[str, str, str]  # (key, header, format)
 TABLES: list[tuple[str, list[Column]]] = [  # one markdown table each: a wide one would not read
     ("Quality", [
-        ("variant", "variant", ""), ("kind", "kind", ""),
+        ("variant", "variant", ""), ("kind", "kind", ""), ("lr", "lr", "g"), ("seeds", "seeds", "d"),
         ("active_non_embedding", "active non-emb", ",d"), ("total", "total params", ",d"),
-        ("val_loss", "val loss", ".4f"), ("test_loss", "test loss", ".4f"), ("test_ppl", "test ppl", ".2f"),
-        ("test_bits_per_byte", "test bits/byte", ".3f"), ("test_word_ppl", "test word ppl", ".2f"),
+        ("val_loss_text", "val loss", ""), ("test_loss_text", "test loss", ""),
+        ("test_bits_per_byte_text", "test bits/byte", ""), ("test_word_ppl_text", "test word ppl", ""),
     ]),
     ("Speed", [
         ("variant", "variant", ""), ("kv_bytes_per_token", "KV B/token (bf16)", ",d"),
@@ -40,6 +47,9 @@ TABLES: list[tuple[str, list[Column]]] = [  # one markdown table each: a wide on
     ]),
 ]
 SECTION_NOTES = {
+    "Quality": "Mean ± sample standard deviation over seeds (seed s drives initialisation and data order, the"
+               " same for every variant); bits per byte everywhere, word-level perplexity only where the corpus"
+               " defines words (WikiText).\n\n",
     "Speed": "Decode tokens/s at the sweep's smallest batch and longest context (all points: Decode sweep).\n\n",
 }
 SWEEP_COLUMNS: list[Column] = [
@@ -51,20 +61,6 @@ SWEEP_COLUMNS: list[Column] = [
     ("decode_tokens_per_s_compiled", "decode tok/s (compiled)", ",.1f"),
     ("compiled_speedup", "compiled speedup", ".2f"),
 ]
-
-
-def run_dirs(directory: Path) -> list[tuple[str, Path]]:
-    """(variant name, run dir) in campaign order, or sorted by name without campaign.json."""
-    record = directory / "campaign.json"
-    if record.is_file():
-        variants = json.loads(record.read_text())["variants"]
-        found = [(v["name"], directory / v["dir"]) for v in variants]
-    else:
-        found = [(p.name, p) for p in sorted(directory.iterdir()) if (p / "config.toml").is_file()]
-    found = [(n, p) for n, p in found if (p / "result.json").is_file()]
-    if not found:
-        raise LLMLabError(f"{directory}: no finished runs (no */result.json); train them first")
-    return found
 
 
 def routing_summary(metrics: list[dict[str, Any]], last: int = 5) -> dict[str, float]:
@@ -147,59 +143,19 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
     return out.getvalue()
 
 
-def plot_losses(runs: list[tuple[str, Path]], path: Path) -> bool:
-    """Training and validation loss per variant against tokens seen. False without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for name, run_dir in runs:
-        metrics = read_metrics(run_dir)
-        train = [(r["tokens"], r["loss"]) for r in metrics if "loss" in r and "tokens" in r]
-        line = ax.plot(*zip(*train), label=f"{name} (train)", alpha=0.6)[0] if train else None
-        tokens_at = {r["step"]: r["tokens"] for r in metrics if "tokens" in r}
-        val = [(tokens_at[r["step"]], r["val_loss"]) for r in metrics if "val_loss" in r and r["step"] in tokens_at]
-        if val:
-            ax.plot(*zip(*val), "o--", color=line.get_color() if line else None, label=f"{name} (val)")
-    ax.set_xlabel("training tokens")
-    ax.set_ylabel("cross-entropy (nats/token)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
-    return True
-
-
-def kinds(directory: Path, names: list[str]) -> dict[str, str]:
-    """baseline / compared / ablation per variant, from campaign.json (without it: unknown)."""
-    record = directory / "campaign.json"
-    if not record.is_file():
-        return {}
-    variants = json.loads(record.read_text())["variants"]
-    ablation = {v["name"]: v.get("ablation", False) for v in variants}
-    first = variants[0]["name"] if variants else None
-    return {n: "ablation" if ablation.get(n) else "baseline" if n == first else "compared" for n in names}
-
-
-def memory_section(runs: list[tuple[str, Path]], kind: dict[str, str], memory_gb: float | None) -> str:
-    """What fits a memory budget, per variant, from each run's resolved config (config.toml)."""
+def memory_section(records: list[VariantRecord], memory_gb: float | None) -> tuple[list[dict[str, Any]], str]:
+    """(rows, markdown): what fits a memory budget, per variant, from each first run's config.toml."""
     from llmlab.config import load_run_config
     from llmlab.device import resolve_device
 
     device = resolve_device("auto")
     budget, source = memory_budget(memory_gb, device)
-    configs = [(name, load_run_config(path / "config.toml"), kind.get(name) == "ablation") for name, path in runs]
-    dtype_bytes = _inference_dtype_bytes(runs[0][1], device)
+    configs = [(r.name, load_run_config(r.first / "config.toml"), r.kind == "ablation") for r in records]
+    dtype_bytes = _inference_dtype_bytes(records[0].first, device)
     seq_len = configs[0][1].train.seq_len
     rows = memory_table([(n, c.model, a) for n, c, a in configs], seq_len, budget, dtype_bytes)
-    return f"## Memory\n\n{describe_budget(budget, source, dtype_bytes, seq_len)}.\n\n{markdown(rows, MEMORY_COLUMNS)}"
+    text = f"{describe_budget(budget, source, dtype_bytes, seq_len)}.\n\n{markdown(rows, MEMORY_COLUMNS)}"
+    return rows, text
 
 
 def _inference_dtype_bytes(run_dir: Path, device: Any) -> int:
@@ -213,37 +169,147 @@ def _inference_dtype_bytes(run_dir: Path, device: Any) -> int:
     return {"float32": 4, "bfloat16": 2, "float16": 2}[dtype]
 
 
-def report_markdown(directory: Path, runs: list[tuple[str, Path]], rows: list[dict[str, Any]],
-                    memory_gb: float | None) -> str:
+
+
+DIFFERENCE_COLUMNS: list[Column] = [
+    ("variant", "variant", ""), ("against", "against", ""), ("n", "paired seeds", "d"),
+    ("mean", "Δ test loss", "+.4f"), ("low", "95 % CI low", "+.4f"), ("high", "95 % CI high", "+.4f"),
+    ("p_value", "p (paired t)", ".3g"), ("verdict", "verdict", ""),
+]
+SWEEP_LR_COLUMNS: list[Column] = [
+    ("variant", "variant", ""), ("lr", "lr", "g"), ("steps", "updates", ",d"), ("status", "status", ""),
+    ("val_loss", "final val loss", ".4f"), ("chosen", "chosen", ""),
+]
+STABILITY_COLUMNS: list[Column] = [
+    ("variant", "variant", ""), ("seed", "seed", "d"), ("loss_spikes", "loss spikes", "d"),
+    ("loss_spike_steps", "at steps", ""), ("grad_spikes", "grad-norm spikes", "d"), ("grad_spike_steps", "at steps", ""),
+]
+ROUTING_COLUMNS: list[Column] = [
+    ("variant", "variant", ""), ("entropy_first", "router entropy (first)", ".3f"),
+    ("entropy_last", "(last)", ".3f"), ("max_entropy", "log E", ".3f"), ("dropped_max", "dropped (max)", ".2%"),
+    ("dropped_last", "dropped (last)", ".2%"), ("saturation_mid_step", "saturation at step", ",d"),
+    ("saturation_mid", "saturation", ".3f"),
+]
+
+
+def method_section(campaign: dict[str, Any]) -> str:
+    """How the figures were made: seeds, the LR choice rule, the spike rule, the verdict rule."""
+    from llmlab.train.stability import SpikeRule
+
+    sweep = campaign.get("sweep")
+    lines = ["## Method", ""]
+    if campaign.get("seeds"):
+        lines.append(f"- Seeds {campaign['seeds']}: every variant at every seed; seed s sets the initialisation"
+                     " and the data order, so runs with the same seed are paired across variants.")
+    if sweep:
+        lines.append(f"- Learning rate: a sweep over {sweep['lr']} on {sweep['fraction']:g} of the budget (first"
+                     f" seed, same tokens for every variant; min_lr scaled with the LR); chosen: {sweep['rule']}.")
+    else:
+        lines.append("- Learning rate: each variant's config (no sweep in this campaign).")
+    lines.append(f"- Spikes (loss and gradient norm, per run): {SpikeRule().describe()}.")
+    lines.append("- Differences: variant − baseline per seed; 95 % paired t interval (scipy); better / worse when"
+                 " the interval excludes 0, otherwise no difference detectable at this budget.")
+    return "\n".join(lines) + "\n"
+
+
+def sweep_section(records: list[VariantRecord], plot: str | None) -> str:
+    rows = [{"variant": r.name, "lr": e["lr"], "steps": e.get("steps"), "status": e["status"],
+             "val_loss": e.get("val_loss"), "chosen": "yes" if e["lr"] == r.lr else ""}
+            for r in records for e in r.sweep]
+    if not rows:
+        return ""
+    from llmlab.campaign.schedule import at_grid_edge
+
+    edges = [r.name for r in records if r.sweep and r.lr is not None and at_grid_edge(r.lr, [e["lr"] for e in r.sweep])]
+    note = (f"\nChosen at the edge of the grid (the best LR may lie outside it): {', '.join(edges)}.\n"
+            if edges else "")
+    return f"## Learning-rate sweep\n\n{markdown(rows, SWEEP_LR_COLUMNS)}{note}{_image(plot)}"
+
+
+def _image(name: str | None, alt: str = "") -> str:
+    return f"\n![{alt or name}]({name})\n" if name else ""
+
+
+def moe_section(records: list[VariantRecord], directory: Path) -> tuple[str, list[str]]:
+    """Routing over training for each MoE variant (its first seed): table, heatmap, curves."""
+    rows, images = [], []
+    for r in records:
+        metrics = read_metrics(r.first)
+        row = aggregate.routing_row(r.name, r.first, metrics)
+        if row is None or figures.pyplot() is None:
+            continue
+        rows.append(row)
+        slug = run_dirname(r.name)
+        heat = figures.moe_load(r.name, r.first, directory / f"moe_load_{slug}.png")
+        curves = figures.moe_routing(r.name, r.first, aggregate.router_saturation_or_none(r.first),
+                                     directory / f"moe_routing_{slug}.png")
+        images += [x for x in (heat, curves) if x]
+    if not rows:
+        return "", []
+    text = ("## MoE routing over training\n\nFirst seed of each MoE variant. Router saturation (OLMoE): the share"
+            " of a fixed probe batch's top-k assignments at each evaluation that equal the final step's.\n\n"
+            + markdown(rows, ROUTING_COLUMNS) + "".join(_image(i) for i in images))
+    return text, images
+
+
+def report_markdown(directory: Path, records: list[VariantRecord], rows: list[dict[str, Any]],
+                    campaign: dict[str, Any], memory: tuple[list[dict[str, Any]], str], plots: dict[str, str | None],
+                    moe_text: str) -> str:
     parts = [f"# Campaign report: {directory.name}\n"]
     if any(r.get("kind") == "ablation" for r in rows):
         parts.append("Variants of kind *ablation* isolate one change; they are exempt from the parameter"
                      " match and are not iso-parameter comparisons.\n")
+    parts.append(method_section(campaign))
     for title, columns in TABLES:
         if any(r.get(k) is not None for r in rows for k, _, _ in columns[1:]):
             parts.append(f"## {title}\n\n{SECTION_NOTES.get(title, '')}{markdown(rows, columns)}")
-    parts.append(memory_section(runs, {r["variant"]: r.get("kind") for r in rows}, memory_gb))
-    sweep = [r for name, path in runs for r in sweep_rows(name, path)]
+        if title == "Quality":
+            parts.append(_image(plots.get("loss")) + _image(plots.get("params")))
+            diffs = aggregate.comparisons(records)
+            if diffs:
+                parts.append(f"## Paired differences against {records[0].name}\n\n{markdown(diffs, DIFFERENCE_COLUMNS)}")
+            parts.append(sweep_section(records, plots.get("lr_sweep")))
+    stability = aggregate.stability_rows(records)
+    parts.append(f"## Stability\n\nEvery run; the rule is in Method.\n\n{markdown(stability, STABILITY_COLUMNS)}")
+    parts.append(moe_text)
+    parts.append(f"## Memory\n\n{memory[1]}{_image(plots.get('memory'))}")
+    sweep = [row for r in records for row in sweep_rows(r.name, r.first)]
     if sweep:
         parts.append("## Decode sweep\n\nDecode tokens/s after the first token (all sequences of the batch),"
                      " prefill (time to first token) apart; medians of interleaved repeats; speedups are"
-                     f" over the no-cache baseline at the same point.\n\n{markdown(sweep, SWEEP_COLUMNS)}")
-    return "\n".join(parts)
+                     f" over the no-cache baseline at the same point.\n\n{markdown(sweep, SWEEP_COLUMNS)}"
+                     + _image(plots.get("decode")))
+    parts.append(findings(records, memory[0]))
+    return "\n".join(p for p in parts if p)
+
+
+def draw(directory: Path, records: list[VariantRecord], memory_rows: list[dict[str, Any]]) -> dict[str, str | None]:
+    """The campaign-wide PNGs ({} without matplotlib)."""
+    if figures.pyplot() is None:
+        return {}
+    return {
+        "loss": figures.loss_curves(records, directory / "loss.png"),
+        "params": figures.params_vs_loss(records, directory / "params_vs_loss.png"),
+        "lr_sweep": figures.lr_sweep(records, directory / "lr_sweep.png"),
+        "decode": figures.decode_speed(records, directory / "decode.png"),
+        "memory": figures.memory_fit(memory_rows, directory / "memory.png"),
+    }
 
 
 def write_report(directory: str | Path, memory_gb: float | None = None) -> dict[str, Any]:
-    """Write report.md, report.csv (and loss.png); return {"rows", "markdown", "files"}.
+    """Write report.md, report.csv and the PNGs; return {"rows", "markdown", "files"}.
     memory_gb: the budget of the memory section (default: this machine's device memory)."""
     directory = Path(directory)
     if not directory.is_dir():
         raise LLMLabError(f"{directory} is not a directory: pass a campaign output (e.g. runs/demo)")
-    runs = run_dirs(directory)
-    kind = kinds(directory, [n for n, _ in runs])
-    rows = [variant_row(name, path) | {"kind": kind.get(name)} for name, path in runs]
-    md = report_markdown(directory, runs, rows, memory_gb)
+    records, campaign = load_records(directory)
+    rows = [variant_row(r.name, r.first) | aggregate.quality_row(r) | {"kind": r.kind} for r in records]
+    memory = memory_section(records, memory_gb)
+    plots = draw(directory, records, memory[0])
+    moe_text, moe_images = moe_section(records, directory)
+    md = report_markdown(directory, records, rows, campaign, memory, plots, moe_text)
     write_bytes_atomic(directory / "report.md", md.encode())
     write_bytes_atomic(directory / "report.csv", to_csv(rows).encode())
-    files = [str(directory / "report.md"), str(directory / "report.csv")]
-    if plot_losses(runs, directory / "loss.png"):
-        files.append(str(directory / "loss.png"))
+    pngs = [p for p in plots.values() if p] + moe_images
+    files = [str(directory / "report.md"), str(directory / "report.csv")] + [str(directory / p) for p in pngs]
     return {"rows": rows, "markdown": md, "files": files}

@@ -1,7 +1,8 @@
-"""Run a campaign: check every variant's record, train each (resuming where a run stopped), then
-sweep decode speed with and without the KV cache on the trained weights. Each variant's run
-directory is a complete record (fingerprint, config, env, metrics, checkpoints, result.json,
-infer.json); the report reads only those.
+"""Run a campaign: the learning-rate sweep (schedule.py), then every variant at every seed at its
+chosen LR (resuming where a run stopped), then the decode sweep with and without the KV cache on
+each variant's first-seed weights. Each run directory is a complete record (fingerprint, config,
+env, metrics, checkpoints, result.json; infer.json for the measured one); campaign.json lists
+them, with each variant's sweep points and chosen LR; the report reads only those.
 
 Nothing is silently reused: a variant whose record was made under another config is refused
 (integrity.py); a finished infer.json is kept only while its measurement spec is unchanged, and
@@ -16,41 +17,106 @@ from typing import Any
 
 import torch
 
-from llmlab.campaign import integrity
+from llmlab.campaign import integrity, schedule
 from llmlab.campaign.plan import Campaign, GenerateSpec, Variant
 from llmlab.device import resolve_device, resolve_dtype
 from llmlab.infer.generate import generate
 from llmlab.infer.measure import measure_decode
-from llmlab.runs import load_for_inference, read_json, write_json
+from llmlab.runs import load_for_inference, read_json, read_metrics, write_json
 from llmlab.train import train
+from llmlab.train.loop import TrainingDiverged
 
 
 def run_campaign(campaign: Campaign, out_dir: str | Path, *, retrain: list[str] = (),
                  remeasure: bool = False) -> list[Path]:
-    """Train and measure each variant under out_dir/<name>; returns the run directories.
+    """The LR sweep (when the campaign has one), then every variant at every seed at its chosen
+    LR, then the decode sweep on each variant's first-seed weights. Returns the seed runs' folders.
 
-    retrain: variant names whose run directories are deleted and trained again (their records may
-    differ from the campaign). remeasure: time every infer.json again."""
+    Finished runs are skipped, interrupted ones resume, a run that diverged is recorded and not
+    retried. retrain: variant names whose folders are deleted and trained again (their records
+    may differ from the campaign). remeasure: time every infer.json again."""
     out = Path(out_dir)
-    fingerprints = integrity.fingerprints(campaign)
-    stale = integrity.check_records(campaign, out, fingerprints, list(retrain))
-    integrity.reset(stale)
+    identity = integrity.DataIdentities()
+    integrity.reset(integrity.variants_to_retrain(campaign, out, list(retrain)))
+    sweep = _prepared(schedule.sweep_runs(campaign), out, identity)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "campaign.json", _campaign_record(campaign, fingerprints))
-    run_dirs = []
-    for i, variant in enumerate(campaign.variants, 1):
-        run_dir = out / integrity.run_dirname(variant.name)
-        print(f"\n== [{i}/{len(campaign.variants)}] {variant.name} -> {run_dir}", flush=True)
-        integrity.record(run_dir, fingerprints[variant.name])
-        if _completed(run_dir):
-            print("   already trained (result.json present, same fingerprint); skipping training", flush=True)
-        else:
-            outcome = train(variant.config, run_dir)
-            if outcome.status != "completed":
-                raise SystemExit(outcome.exit_code)  # stopped by a signal: rerun to resume
-        _measure(run_dir, campaign.generate, variant, fingerprints[variant.name]["sha256"], remeasure)
-        run_dirs.append(run_dir)
-    return run_dirs
+    if sweep:  # the sweep's records match: campaign.json may say so (the seed runs are checked next)
+        write_json(out / "campaign.json", campaign_record(campaign, out, sweep, []))
+    outcomes = _train_all(sweep, out, "sweep")
+    lrs = chosen_lrs(campaign, out, sweep, outcomes)
+    seeds = _prepared(schedule.seed_runs(campaign, lrs), out, identity)
+    write_json(out / "campaign.json", campaign_record(campaign, out, sweep, seeds, outcomes, lrs))
+    outcomes |= _train_all(seeds, out, "seed")
+    write_json(out / "campaign.json", campaign_record(campaign, out, sweep, seeds, outcomes, lrs))
+    by_name = {v.name: v for v in campaign.variants}
+    for run, fp in seeds:
+        if run.seed == campaign.seeds[0] and outcomes[run.dirname] == "completed":
+            print(f"\n== decode sweep: {run.variant} ({run.dirname})", flush=True)
+            _measure(out / run.dirname, campaign.generate, by_name[run.variant], fp["sha256"], remeasure)
+    return [out / run.dirname for run, _ in seeds]
+
+
+Prepared = list[tuple[schedule.PlannedRun, dict[str, Any]]]
+
+
+def _prepared(runs: list[schedule.PlannedRun], out: Path, identity: integrity.DataIdentities) -> Prepared:
+    """Each planned run with its fingerprint, after checking every existing record matches."""
+    planned = [(run, integrity.fingerprint(run.config, identity(run.config.data))) for run in runs]
+    integrity.check_records([(run.variant, out / run.dirname, fp) for run, fp in planned])
+    return planned
+
+
+def _train_all(planned: Prepared, out: Path, label: str) -> dict[str, str]:
+    """Train each run unless finished; {dirname: "completed" | "diverged"}."""
+    outcomes = {}
+    for i, (run, fp) in enumerate(planned, 1):
+        run_dir = out / run.dirname
+        print(f"\n== {label} [{i}/{len(planned)}] {run.variant}, lr {run.lr:g}, seed {run.seed} -> {run_dir}",
+              flush=True)
+        integrity.record(run_dir, fp)
+        outcomes[run.dirname] = train_once(run.config, run_dir)
+    return outcomes
+
+
+def train_once(cfg: Any, run_dir: Path) -> str:
+    """"completed" or "diverged". A finished run is not retrained; a run that diverged (a
+    non-finite loss: its metrics end with a "diverged" event) is not retried -- it would diverge
+    again from the same checkpoint -- and counts as a failed point (the sweep excludes it)."""
+    if _completed(run_dir):
+        print("   already trained (result.json present, same fingerprint); skipping", flush=True)
+        return "completed"
+    if _diverged(run_dir):
+        print("   diverged in an earlier attempt (metrics.jsonl); not retried", flush=True)
+        return "diverged"
+    try:
+        outcome = train(cfg, run_dir)
+    except TrainingDiverged as e:
+        print(f"   diverged: {e}", flush=True)
+        return "diverged"
+    if outcome.status != "completed":
+        raise SystemExit(outcome.exit_code)  # stopped by a signal: rerun to resume
+    return "completed"
+
+
+def chosen_lrs(campaign: Campaign, out: Path, sweep: Prepared, outcomes: dict[str, str]) -> dict[str, float]:
+    """Each variant's LR: the sweep's choice (schedule.CHOICE_RULE), else its config's train.lr."""
+    if campaign.sweep is None:
+        return {v.name: v.config.train.lr for v in campaign.variants}
+    return {v.name: schedule.choose_lr(v.name, sweep_entries(v.name, sweep, outcomes, out))
+            for v in campaign.variants}
+
+
+def sweep_entries(name: str, sweep: Prepared, outcomes: dict[str, str], out: Path) -> list[dict[str, Any]]:
+    """A variant's sweep points: {"lr", "dir", "status", "val_loss"} (val_loss None unless completed)."""
+    entries = []
+    for run, _ in sweep:
+        if run.variant != name:
+            continue
+        status = outcomes.get(run.dirname, "pending")
+        result = read_json(out / run.dirname / "result.json") if status == "completed" else {}
+        entries.append({"lr": run.lr, "dir": run.dirname, "status": status, "val_loss": result.get("val_loss"),
+                        "steps": run.config.train.total_steps()})
+    return entries
 
 
 def _measure(run_dir: Path, spec: GenerateSpec, variant: Variant, config_sha: str, remeasure: bool) -> None:
@@ -126,14 +192,31 @@ def _device(variant: Variant) -> torch.device:
     return resolve_device(variant.config.train.device)
 
 
-def _campaign_record(campaign: Campaign, fingerprints: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def campaign_record(campaign: Campaign, out: Path, sweep: Prepared, seeds: Prepared,
+                    outcomes: dict[str, str] | None = None, lrs: dict[str, float] | None = None) -> dict[str, Any]:
+    """campaign.json: the variants, their sweep points and chosen LR, and their runs by seed."""
+    outcomes, lrs = outcomes or {}, lrs or {}
+    variants = []
+    for v in campaign.variants:
+        runs = [{"seed": r.seed, "dir": r.dirname, "lr": r.lr, "fingerprint": fp["sha256"],
+                 "status": outcomes.get(r.dirname, "pending")} for r, fp in seeds if r.variant == v.name]
+        variants.append({
+            "name": v.name, "dir": integrity.run_dirname(v.name), "ablation": v.ablation, "params": v.params,
+            "config": v.config.to_dict(), "lr": lrs.get(v.name),
+            "lr_source": "sweep" if campaign.sweep else "config",
+            "sweep": sweep_entries(v.name, sweep, outcomes, out) if campaign.sweep else [], "runs": runs,
+        })
     return {
         "name": campaign.name, "match": campaign.match, "tolerance": campaign.tolerance,
-        "generate": vars(campaign.generate),
-        "variants": [{"name": v.name, "dir": integrity.run_dirname(v.name), "ablation": v.ablation,
-                      "params": v.params, "config": v.config.to_dict(),
-                      "fingerprint": fingerprints[v.name]["sha256"]} for v in campaign.variants],
+        "generate": vars(campaign.generate), "seeds": campaign.seeds,
+        "sweep": {"lr": campaign.sweep.lr, "fraction": campaign.sweep.fraction, "rule": schedule.CHOICE_RULE}
+        if campaign.sweep else None,
+        "variants": variants,
     }
+
+
+def _diverged(run_dir: Path) -> bool:
+    return any(r.get("event") == "diverged" for r in read_metrics(run_dir)) if run_dir.is_dir() else False
 
 
 def _completed(run_dir: Path) -> bool:

@@ -1,0 +1,139 @@
+"""Figures over seeds: mean ± std per variant, paired differences against the baseline, the
+stability of every run and the MoE routing over training -- all read from run records.
+
+The statistics are campaign/stats.py's (paired t interval, scipy); the spike rule is
+train/stability.py's; router saturation is train/routing_probe.py's.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from llmlab.campaign.records import VariantRecord, result
+from llmlab.campaign.stats import PairedDifference, paired_difference, pooled_std, resolvable_difference, summarize
+
+# (result.json key, label, format): the quality figures averaged over seeds. Word perplexity is
+# in result.json only where words are defined (WikiText); bits per byte everywhere.
+SEED_METRICS = (("val_loss", "val loss", ".4f"), ("test_loss", "test loss", ".4f"),
+                ("test_bits_per_byte", "test bits/byte", ".4f"), ("test_word_ppl", "test word ppl", ".2f"))
+
+
+def by_seed(record: VariantRecord, key: str) -> dict[int, float]:
+    """{seed: result.json[key]} over the variant's finished runs that have the key."""
+    values = {seed: result(d).get(key) for seed, d in record.runs.items()}
+    return {s: float(v) for s, v in values.items() if v is not None}
+
+
+def quality_row(record: VariantRecord) -> dict[str, Any]:
+    """Mean (and std, as text) over seeds of each SEED_METRICS figure."""
+    row: dict[str, Any] = {"seeds": len(record.runs), "lr": record.lr}
+    for key, _, fmt in SEED_METRICS:
+        values = list(by_seed(record, key).values())
+        if values:
+            s = summarize(values)
+            row[key], row[f"{key}_std"], row[f"{key}_text"] = s.mean, s.std, s.text(fmt)
+    return row
+
+
+def comparisons(records: list[VariantRecord], key: str = "test_loss") -> list[dict[str, Any]]:
+    """Each variant against the baseline (the first): the paired difference over common seeds."""
+    base = records[0]
+    out = []
+    for record in records[1:]:
+        ours, theirs = by_seed(record, key), by_seed(base, key)
+        common = sorted(set(ours) & set(theirs))
+        if not common:
+            continue
+        d = paired_difference({s: ours[s] for s in common}, {s: theirs[s] for s in common})
+        out.append(difference_row(record.name, base.name, key, d))
+    return out
+
+
+def difference_row(name: str, against: str, key: str, d: PairedDifference) -> dict[str, Any]:
+    return {"variant": name, "against": against, "metric": key, "n": d.n, "mean": d.mean, "low": d.low,
+            "high": d.high, "p_value": d.p_value, "verdict": d.verdict, "text": d.text("+.4f"), "difference": d}
+
+
+def paired(records: list[VariantRecord], name: str, against: str, key: str = "test_loss") -> dict[str, Any] | None:
+    """One named pair (e.g. GQA+MoE against GQA), or None when they share no seed."""
+    found = {r.name: r for r in records}
+    if name not in found or against not in found:
+        return None
+    ours, theirs = by_seed(found[name], key), by_seed(found[against], key)
+    common = sorted(set(ours) & set(theirs))
+    if not common:
+        return None
+    d = paired_difference({s: ours[s] for s in common}, {s: theirs[s] for s in common})
+    return difference_row(name, against, key, d)
+
+
+def seed_noise(records: list[VariantRecord], key: str = "test_loss") -> dict[str, float | None]:
+    """The seed std of `key` pooled over variants, and the smallest difference it lets n seeds
+    resolve (stats.resolvable_difference)."""
+    summaries = [summarize(list(v.values())) for r in records if (v := by_seed(r, key))]
+    std = pooled_std(summaries)
+    n = min((s.n for s in summaries), default=0)
+    return {"std": std, "n": n, "resolvable": resolvable_difference(std, n) if std is not None else None}
+
+
+def stability_rows(records: list[VariantRecord]) -> list[dict[str, Any]]:
+    """Loss and gradient-norm spikes after warm-up for every finished run (stability.py's rule)."""
+    from llmlab.train.stability import run_stability
+
+    rows = []
+    for record in records:
+        for seed, run_dir in sorted(record.runs.items()):
+            spikes = run_stability(run_dir)
+            rows.append({
+                "variant": record.name, "seed": seed,
+                "loss_spikes": spikes["loss"]["count"], "loss_spike_steps": _steps(spikes["loss"]["steps"]),
+                "grad_spikes": spikes["grad_norm"]["count"], "grad_spike_steps": _steps(spikes["grad_norm"]["steps"]),
+            })
+    return rows
+
+
+def _steps(steps: list[int], most: int = 8) -> str:
+    if not steps:
+        return "-"
+    shown = ", ".join(str(s) for s in steps[:most])
+    return shown + (f" (+{len(steps) - most})" if len(steps) > most else "")
+
+
+def routing_over_training(metrics: list[dict[str, Any]]) -> dict[str, Any]:
+    """MoE statistics per logged step: {"steps", "tokens", "load" [step][layer][expert] (share of
+    assignments), "dropped" [step][layer], "entropy" [step][layer]}; empty for a dense run."""
+    rows = [r for r in metrics if "moe_load" in r and "event" not in r]
+    if not rows:
+        return {}
+    return {"steps": [r["step"] for r in rows], "tokens": [r.get("tokens") for r in rows],
+            "load": [r["moe_load"] for r in rows], "dropped": [r.get("moe_dropped_frac") for r in rows],
+            "entropy": [r.get("moe_router_entropy") for r in rows]}
+
+
+def routing_row(name: str, run_dir: Path, metrics: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """One MoE run's routing in figures: entropy (start, end, of log E), dropped (max, end),
+    saturation at the middle recorded step."""
+    over = routing_over_training(metrics)
+    if not over:
+        return None
+    n_experts = len(over["load"][-1][0])
+    mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
+    entropy = [mean(e) for e in over["entropy"] if e]
+    dropped = [mean(d) for d in over["dropped"] if d]
+    saturation = router_saturation_or_none(run_dir)
+    middle = saturation[len(saturation) // 2] if saturation else None
+    return {
+        "variant": name, "max_entropy": math.log(n_experts),
+        "entropy_first": entropy[0] if entropy else None, "entropy_last": entropy[-1] if entropy else None,
+        "dropped_max": max(dropped) if dropped else None, "dropped_last": dropped[-1] if dropped else None,
+        "saturation_mid_step": middle[0] if middle else None, "saturation_mid": middle[1] if middle else None,
+    }
+
+
+def router_saturation_or_none(run_dir: Path) -> list[tuple[int, float]]:
+    """router_saturation of an MoE run; [] when nothing was recorded (a run without evaluations)."""
+    from llmlab.train.routing_probe import ROUTING_DIR, router_saturation
+
+    return router_saturation(run_dir) if any((run_dir / ROUTING_DIR).glob("step_*.pt")) else []
