@@ -136,7 +136,7 @@ def solve_iso_params(cfg: ModelConfig, target: int, free: str, key: str = "activ
 #              pieces: a one-shot prefill of `context` tokens needs more.
 
 
-def ffn_rows_per_token(cfg: ModelConfig) -> int:
+def ffn_width_per_token(cfg: ModelConfig) -> int:
     """Widest FFN hidden width one token occupies in a decode step, over the layers. MoE: the
     top_k experts it is routed to, except `capacity` dispatch, which computes every (E, C) slot:
     C = N without a capacity factor (all E x N slots, dropless), ceil(cf k N / E) with one."""
@@ -154,7 +154,7 @@ def ffn_rows_per_token(cfg: ModelConfig) -> int:
 def decode_activation_bytes(cfg: ModelConfig, context: int, dtype_bytes: int) -> int:
     """Bound on one decode step's transient bytes for one sequence (see the table above)."""
     D, hd = cfg.d_model, cfg.head_dim
-    in_dtype = 4 * D + 3 * ffn_rows_per_token(cfg) + 2 * (cfg.n_heads + 2 * cfg.n_kv_heads) * hd
+    in_dtype = 4 * D + 3 * ffn_width_per_token(cfg) + 2 * (cfg.n_heads + 2 * cfg.n_kv_heads) * hd
     fp32 = cfg.n_heads * context + cfg.padded_vocab_size
     return in_dtype * dtype_bytes + 4 * fp32
 
