@@ -132,6 +132,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--batch-sizes", default="1,8", help="comma separated (no-cache rows at the first only)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None,
+                   help="intra-op CPU threads, the same for every row (default: torch's); 1 resists a busy machine")
     p.add_argument("--no-compile", action="store_true", help="skip the compiled rows")
     p.add_argument("--no-peers", action="store_true", help="skip Hugging Face transformers")
     p.add_argument("--quick", action="store_true", help="32 + 32 tokens, 1 repeat: a smoke run")
@@ -187,6 +189,8 @@ def ratios(rows: list[dict[str, Any]]) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv or [])
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cfg = load_model_config(args.config) if args.config else default_config(args.prompt_len + args.new_tokens)
     torch.manual_seed(0)
     model = GPT(cfg).to(args.device).eval()
