@@ -95,12 +95,16 @@ def measured_decode_peak(model: GPT, batch: int, context: int) -> int:
     return max(sum(s) for s in sizes)
 
 
-@pytest.mark.parametrize("kv_heads", [4, 2])
-def test_largest_batch_decodes_within_the_budget_on_cpu(kv_heads: int) -> None:
+@pytest.mark.parametrize("config, overrides", [
+    ("tiny", []), ("tiny", ["model.n_kv_heads=2"]),
+    ("tiny-moe", ["model.moe.dispatch=grouped"]), ("tiny-moe", ["model.moe.dispatch=capacity"]),
+])
+def test_largest_batch_decodes_within_the_budget_on_cpu(config: str, overrides: list[str]) -> None:
     """Allocate the computed largest batch for the demo's sizes under a stated 12 MiB budget and
     decode one step: the measured peak (weights + buffers + caches + the step's tensors) stays within
     the arithmetic and the budget, and one more row does not fit the arithmetic."""
-    cfg, budget, context = tiny(kv_heads), 12 << 20, 128
+    cfg = load_model_config(f"configs/models/{config}.toml", BYTE_VOCAB + overrides)
+    budget, context = 12 << 20, 128
     batch = max_fit(cfg, budget, context=context, dtype_bytes=4)
     expected = inference_memory(cfg, batch, context, dtype_bytes=4)
     torch.manual_seed(0)
