@@ -14,6 +14,42 @@ from llmlab.model import GPT
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
 
+def cached_logits(model: GPT, idx: torch.Tensor, prompt: int, wrong_mask: bool = False) -> torch.Tensor:
+    """Logits of every position after `prompt`, by prefill then one-token decode steps. wrong_mask:
+    the bug the tolerance must catch -- no mask over the static cache: queries see unwritten slots."""
+    B, T = idx.shape
+    model.setup_kv_cache(B, T)
+    if wrong_mask:
+        model.causal_mask = torch.zeros_like(model.causal_mask)  # every slot visible, unwritten ones too
+    try:
+        model(idx[:, :prompt], input_pos=torch.arange(prompt, device=idx.device))
+        steps = [model(idx[:, p : p + 1], input_pos=torch.tensor([p], device=idx.device)).logits
+                 for p in range(prompt, T)]
+    finally:
+        model.clear_kv_cache()
+    return torch.cat(steps, 1).float()
+
+
+@pytest.mark.parametrize("config", ["tiny-gqa", "tiny-moe"])
+def test_bf16_decode_matches_fp32_of_the_same_weights_closer_than_a_mask_bug(config: str) -> None:
+    """bf16 on the GPU against fp32 of the same weights: the rounding error must stay well below
+    what a mask one slot too wide changes, so that this test would catch such a bug."""
+    torch.manual_seed(0)
+    overrides = ["model.moe.dispatch=capacity"] if config == "tiny-moe" else []
+    model = GPT(load_model_config(f"configs/models/{config}.toml", overrides)).cuda().eval()
+    idx = torch.randint(0, 1000, (2, 64), device="cuda")
+    with torch.no_grad():
+        model.lm_head.weight.mul_(10)  # trained-like logit scale, so differences are not all near zero
+        fp32 = cached_logits(model, idx, 16)
+        wrong = cached_logits(model, idx, 16, wrong_mask=True)
+        bf16 = cached_logits(model.to(torch.bfloat16), idx, 16)
+    # A random model attends almost uniformly, so a mask bug moves logits by ~0.4 here while bf16
+    # rounds them by ~0.1 (measured on CPU): a tolerance of half the bug's effect, with no relative
+    # term (rtol 0.02 of logits ~30 would exceed the bug's effect), fails on the bug, passes bf16.
+    bug = (wrong - fp32).abs().max().item()
+    assert_close(bf16, fp32, atol=bug / 2, rtol=0.0)
+
+
 @pytest.mark.parametrize("config", ["tiny-gqa", "tiny-moe"])
 def test_cached_decode_matches_full_forward_in_bf16(config: str) -> None:
     torch.manual_seed(0)
@@ -33,6 +69,17 @@ def test_generate_with_and_without_cache_on_cuda() -> None:
     model = GPT(load_model_config("configs/models/tiny.toml")).cuda().eval()
     idx = torch.randint(0, 1000, (1, 8), device="cuda")
     assert torch.equal(generate(model, idx, 16), generate(model, idx, 16, use_kv_cache=False))
+
+
+@pytest.mark.parametrize("config", ["tiny", "tiny-moe"])
+def test_cuda_graph_decode_gives_eager_tokens(config: str) -> None:
+    """generate(compile=True) on CUDA replays the decode step as a CUDA graph: same greedy tokens."""
+    torch.manual_seed(0)
+    model = GPT(load_model_config(f"configs/models/{config}.toml")).cuda().to(torch.bfloat16).eval()
+    idx = torch.randint(0, 1000, (2, 8), device="cuda")
+    eager = generate(model, idx, 32)
+    assert torch.equal(generate(model, idx, 32, compile=True), eager)
+    assert torch.equal(generate(model, idx, 32, compile=True), eager)  # the cached graph, replayed
 
 
 @pytest.mark.parametrize("config", ["tiny-gqa", "tiny-moe"])
