@@ -324,6 +324,10 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
     p.add_argument("campaign", help="a campaign TOML (configs/campaigns/*.toml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every variant")
     _add_memory_gb(p)
+    p.add_argument("--mfu", type=float, default=0.40,
+                   help="model FLOPs utilisation assumed for the A100/H100 wall-time estimates (default 0.40)")
+    p.add_argument("--measure-cpu", action="store_true",
+                   help="time a few training steps of each variant on this CPU for a CPU wall-time estimate")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_plan)
 
@@ -335,6 +339,7 @@ def _add_memory_gb(p: argparse.ArgumentParser) -> None:
 
 def _cmd_plan(args: argparse.Namespace) -> int:
     from llmlab.bench.common import print_table
+    from llmlab.campaign.estimate import estimate
     from llmlab.campaign.memory import MEMORY_COLUMNS, campaign_memory
     from llmlab.campaign.plan import load_campaign, plan_rows
 
@@ -344,9 +349,10 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     memory, budget = campaign_memory([(v.name, v.config.model, v.ablation) for v in campaign.variants],
                                      first.train.seq_len, first.train.device, args.memory_gb)
     advice = _dispatch_advice(campaign)
+    cost = estimate(campaign, mfu=args.mfu, measure_cpu=args.measure_cpu)
     if args.json:
         _print_json({"campaign": campaign.name, "match": campaign.match, "variants": rows,
-                     "memory_budget": budget, "memory": memory, "dispatch_advice": advice})
+                     "memory_budget": budget, "memory": memory, "dispatch_advice": advice, "estimate": cost})
         return 0
     print(f"campaign {campaign.name}: {campaign.match} equal within {campaign.tolerance:.0%} "
           "(ablations exempt: they isolate one change and are not iso-parameter)")
@@ -360,7 +366,27 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     print_table(memory, MEMORY_COLUMNS)
     for name, message in advice.items():
         print(f"{name}: {message}")
+    _print_estimate(cost)
     return 0
+
+
+def _print_estimate(cost: dict[str, Any]) -> None:
+    from llmlab.bench.common import print_table
+
+    per = cost["per_variant"]
+    print(f"\nruns: {cost['runs']} = {len(cost['rows'])} variants x ({per['sweep_runs']} sweep LRs + "
+          f"{per['seed_runs']} seeds); {per['full_run_equivalents']:g} full-run equivalents per variant")
+    print_table(cost["rows"], [
+        ("variant", "variant", ""), ("active", "active (with emb.)", ",d"), ("tokens", "tokens/run", ",d"),
+        ("epochs_text", "epochs", ""), ("tokens_per_active_param", "tokens/active param", ".1f"),
+        ("hours_A100", "A100 h", ".3g"), ("hours_H100", "H100 h", ".3g"),
+        ("cpu_tokens_per_s", "CPU tok/s", ",.0f"), ("hours_cpu", "CPU h", ".3g")])
+    cpu = f", this CPU {cost['hours_cpu']:.3g} h (measured steps)" if cost["hours_cpu"] is not None else \
+        " (--measure-cpu for this CPU)"
+    print(f"campaign wall time, training only: A100 {cost['hours_A100']:.3g} h, H100 {cost['hours_H100']:.3g} h "
+          f"at {cost['mfu']:.0%} MFU (bf16 peak){cpu}")
+    for warning in cost["warnings"]:
+        print(f"warning: {warning}")
 
 
 def _dispatch_advice(campaign: Any) -> dict[str, str]:

@@ -367,3 +367,36 @@ def test_lr_choice_rule() -> None:
     assert choose_lr("v", entries) == 1e-3
     with pytest.raises(LLMLabError, match="no sweep run finished"):
         choose_lr("v", [entries[2]])
+
+
+@pytest.mark.parametrize("head, message", [
+    ("[sweep]\nlr = [1e-3]\n", "sweep.lr must be a list of at least two"),
+    ("[sweep]\nlr = [1e-3, 1e-3]\n", "repeated value"),
+    ("[sweep]\nlr = [1e-3, 2e-3]\nfraction = 0\n", r"sweep.fraction must be in \(0, 1\]"),
+    ("[sweep]\nlr = [1e-3, 2e-3]\nsteps = 3\n", r"\[sweep\]: .*keys: lr, fraction"),
+    ("seeds = [0, 0]\n", "seeds must be a non-empty list of distinct"),
+    ("seeds = []\n", "seeds must be a non-empty list"),
+])
+def test_sweep_and_seeds_are_validated(tmp_path: Path, head: str, message: str) -> None:
+    variant = f'[[variant]]\nname = "a"\ninclude = "{REPO}/configs/models/tiny.toml"\n'
+    path = tmp_path / "c.toml"
+    path.write_text(f'include = "{REPO}/configs/runs/_pydocs-tiny.toml"\n' + head + variant)
+    with pytest.raises(ConfigError, match=message):
+        load_campaign(path)
+
+
+def test_seed_runs_share_everything_but_lr_and_seed() -> None:
+    """The study's runs: sweep runs at half the budget (warm-up alike), min_lr scaled with the LR."""
+    from llmlab.campaign.schedule import seed_runs, sweep_runs
+
+    campaign = load_campaign(REPO / "configs/campaigns/cpu-study.toml")
+    assert campaign.seeds == [0, 1, 2] and campaign.sweep.lr == [5e-4, 1e-3, 2e-3, 4e-3]
+    sweep = sweep_runs(campaign)
+    assert len(sweep) == 16 and {r.seed for r in sweep} == {0}
+    first = sweep[0].config.train
+    assert (first.total_steps(), first.warmup, first.lr) == (240, 10, 5e-4)
+    assert first.min_lr == pytest.approx(2e-4 * 5e-4 / 2e-3)
+    runs = seed_runs(campaign, {v.name: 1e-3 for v in campaign.variants})
+    assert [r.dirname for r in runs[:5]] == ["base/seed-0", "base-gqa/seed-0", "base-gqa-moe/seed-0",
+                                              "base-gqa--kv-only-/seed-0", "base/seed-1"]
+    assert {r.config.train.total_steps() for r in runs} == {480}
