@@ -5,9 +5,9 @@
     llmlab audit examples/audit/llmlab_models.py:build_moe
 
 Each returns (model, idx, decode_step), with the KV cache set up for the audit's 32 decode
-positions. The configs are the tiny CPU presets with 2 layers and a 512-token vocabulary (the audit compiles
-the graphs: fewer layers trace faster, and the vocabulary only changes the size of a matmul). The MoE uses `capacity` dispatch,
-which compiles in fp32 on a CPU.
+positions. The configs are the tiny CPU presets with 2 layers and a 512-token vocabulary (the
+audit compiles the graphs: fewer layers trace faster, and the vocabulary only changes the size of
+a matmul). The MoE uses `capacity` dispatch, which compiles in fp32 on a CPU.
 """
 
 from pathlib import Path

@@ -135,7 +135,8 @@ class GraphBreakLog(logging.Handler):
         at = re.search(r"Graph break.*? in user code at (.+):(\d+)", text)
         if not at:
             return
-        frames = [(at.group(1), int(at.group(2)))] + [(f, int(n)) for f, n in re.findall(r'File "([^"]+)", line (\d+)', text)]
+        stack = [(f, int(n)) for f, n in re.findall(r'File "([^"]+)", line (\d+)', text)]
+        frames = [(at.group(1), int(at.group(2)))] + stack
         file, line = user_location(frames[1:]) if not is_user_file(at.group(1)) else frames[0]
         self.events.append(Event("graph-break", _break_reason(text), file, line))
 

@@ -12,6 +12,7 @@ import dataclasses
 import inspect
 import re
 import time
+import traceback
 from pathlib import Path
 from typing import Any, Callable
 
@@ -59,7 +60,8 @@ def audit(spec: str, device: str = "cpu", steps: int = 4) -> AuditReport:
         checks = _compiled_checks(fresh, steps)
     static = scan(cov, _loop_files(target))
     findings = merge(static, checks, default_where=_default_where(target))
-    return AuditReport(spec, device, steps, checks, findings, time.perf_counter() - start, target.decode_step is not None)
+    has_decode = target.decode_step is not None
+    return AuditReport(spec, device, steps, checks, findings, time.perf_counter() - start, has_decode)
 
 
 def _on_device(t: Target, device: str) -> Target:
@@ -118,7 +120,7 @@ def _guarded(name: str, check: Callable[..., CheckResult], *args: Any) -> CheckR
 
 
 def _failed(name: str, e: Exception) -> CheckResult:
-    import traceback
+    """A check that raised: the compiled code failed where plain Python ran (the eager pass did)."""
     frames = [(f.filename, f.lineno) for f in traceback.extract_tb(e.__traceback__)]
     file, line = next(((f, n) for f, n in reversed(frames) if is_user_file(f)), (None, None))
     reason = f"{type(e).__name__}: {first_line(str(e))}"
@@ -168,7 +170,8 @@ def merge(static: list[Finding], checks: list[CheckResult], default_where: dict[
             file, line = (e.file, e.line) if e.file and e.line else default_where[role]
             key = (file, line, e.kind)
             if key not in extra:
-                extra[key] = Finding(e.kind, file, line, _source_line(file, line), f"{check.name}", "dynamic")
+                extra[key] = Finding(e.kind, file, line, _source_line(file, line), f"seen by dynamo in: {check.name}",
+                                     "dynamic")
             if e.reason not in extra[key].evidence:
                 extra[key].evidence.append(e.reason)
     return sorted([*static, *extra.values()], key=lambda f: (f.file, f.line, f.hazard))

@@ -29,6 +29,7 @@ LOG_METHODS = {"debug", "info", "warning", "warn", "error", "exception", "critic
 MUTATORS = {"append", "extend", "insert", "pop", "popleft", "appendleft", "update", "setdefault", "clear"}
 LIST_MUTATORS = {"append", "extend", "insert", "appendleft"}  # on self.<attr>: `update` may be a module's method
 CAT = {"cat", "concat", "concatenate"}
+NOT_A_MODEL_METHOD = DD_SHAPE_METHODS | HOST_METHODS.keys() | {"size", "argmax", "softmax"}
 NOT_A_MODEL_CALL = {"len", "print", "range", "min", "max", "int", "float", "isinstance", "enumerate", "zip"}
 
 
@@ -80,7 +81,8 @@ class _CompiledScan:
         self.tensor_args = tensor_args
         params = {a.arg for a in fn.args.args + fn.args.kwonlyargs + fn.args.posonlyargs}
         self.params = params
-        assigned = {t.id for n in ast.walk(fn) if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
+        assigned = {t.id for n in ast.walk(fn) if isinstance(n, ast.Assign)
+                    for t in n.targets if isinstance(t, ast.Name)}
         declared = {name for n in ast.walk(fn) if isinstance(n, ast.Global) for name in n.names}
         self.globals = (globals_ - assigned - params) | declared
         self.masks = self._mask_names()
@@ -175,7 +177,7 @@ class _CompiledScan:
             return  # the .item() finding covers it
         for sub in _truth_values(test):
             call_on_tensor = isinstance(sub, ast.Call) and isinstance(sub.func, ast.Attribute) and \
-                sub.func.attr in REDUCTIONS and not (isinstance(sub.func.value, ast.Name) and sub.func.value.id == "math")
+                sub.func.attr in REDUCTIONS and ast.unparse(sub.func.value) != "math"
             if call_on_tensor or (isinstance(sub, ast.Name) and sub.id in self.tensors):
                 yield "tensor-branch", node, f"`{text}` needs the tensor's value on the host to choose a branch"
                 return
@@ -252,7 +254,7 @@ def _is_model_call(call: ast.Call) -> bool:
     while isinstance(root, ast.Attribute):
         root = root.value
     return isinstance(root, ast.Name) and root.id not in ("torch", "F", "math", "np") and not (
-        isinstance(f, ast.Attribute) and f.attr in DD_SHAPE_METHODS | HOST_METHODS.keys() | {"size", "argmax", "softmax"})
+        isinstance(f, ast.Attribute) and f.attr in NOT_A_MODEL_METHOD)
 
 
 def scan(cov: Coverage, loop_files: set[str]) -> list[Finding]:
