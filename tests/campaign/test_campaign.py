@@ -400,3 +400,19 @@ def test_seed_runs_share_everything_but_lr_and_seed() -> None:
     assert [r.dirname for r in runs[:5]] == ["base/seed-0", "base-gqa/seed-0", "base-gqa-moe/seed-0",
                                               "base-gqa--kv-only-/seed-0", "base/seed-1"]
     assert {r.config.train.total_steps() for r in runs} == {480}
+
+
+def test_a_run_of_the_single_run_layout_is_refused_not_mixed(tmp_path: Path) -> None:
+    """<out>/<variant> holding a run itself (before per-seed runs) is never silently nested under."""
+    from llmlab.campaign import integrity
+
+    campaign = load_campaign(REPO / "configs/campaigns/demo.toml")
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "fingerprint.json").write_text("{}")
+    with pytest.raises(ConfigError, match=r"single-run layout .*--retrain 'base'"):
+        integrity.variants_to_retrain(campaign, tmp_path, [])
+    assert integrity.variants_to_retrain(campaign, tmp_path, ["base"]) == [tmp_path / "base"]
+    (tmp_path / "base-gqa").mkdir()  # base+gqa's folder, holding something else
+    (tmp_path / "base-gqa" / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="holds no run record"):
+        integrity.variants_to_retrain(campaign, tmp_path, ["base", "base+gqa"])
