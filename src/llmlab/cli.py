@@ -405,7 +405,7 @@ def _dispatch_advice(campaign: Any) -> dict[str, str]:
 
 
 def _add_campaign(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("campaign", help="train every variant of a campaign, measure generation, report")
+    p = sub.add_parser("campaign", help="LR sweep per variant, every variant at every seed, decode sweep, report")
     p.add_argument("campaign", help="a campaign TOML (configs/campaigns/*.toml)")
     p.add_argument("--out", default=None, help="output folder (default: runs/<campaign name>)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every variant")
@@ -437,7 +437,7 @@ def _cmd_campaign(args: argparse.Namespace) -> int:
 
 
 def _add_report(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("report", help="compare finished runs: markdown table, CSV, loss plot")
+    p = sub.add_parser("report", help="a campaign's report from its records: tables, PNGs, generated Findings")
     p.add_argument("dir", help="a campaign output folder (or any folder of run directories)")
     _add_memory_gb(p)
     p.add_argument("--json", action="store_true", help="print the rows as one JSON object")
