@@ -4,6 +4,11 @@
 include = "../runs/_pydocs-tiny.toml"     # shared [data], [train] and [model] keys (e.g. vocab_size)
 match = "active_non_embedding"            # what every variant must have equal, within tolerance
 tolerance = 0.01
+seeds = [0, 1, 2]                         # every variant at every seed (default: [train.seed])
+
+[sweep]                                   # optional: each variant's LR chosen on the same tokens
+lr = [1e-3, 2e-3, 4e-3]                   # the grid (schedule.py: lowest final val loss wins)
+fraction = 0.5                            # share of the budget each sweep run trains on
 
 [generate]                                # the inference sweep after training
 contexts = [64, 192]                      # sequence length at the last decoded token
@@ -34,8 +39,7 @@ variant that changes any of them (RECIPE_KEYS) is refused unless it is marked `a
 A variant whose matched figure is more than `tolerance` off the first variant's is an error: the
 comparison would not be at equal parameters. Ablations are exempt from both rules and are
 labelled as such in the plan and the report, never silently treated as iso-parameter (DESIGN.md 9).
-Run directories are `<out>/<variant name>`: one record per variant, with room below it for
-per-LR and per-seed runs.
+Run directories are `<out>/<variant>/sweep/lr-X` and `<out>/<variant>/seed-N` (schedule.py).
 """
 
 from __future__ import annotations
