@@ -34,3 +34,15 @@ def test_compile_check_catches_a_graph_break(monkeypatch: pytest.MonkeyPatch, ca
     assert not out["ok"]
     assert out["rows"][0]["value"] >= 1  # explain counted the break
     torch._dynamo.reset()
+
+
+def test_an_uncompilable_moe_dispatch_is_a_one_line_error() -> None:
+    """grouped MoE in fp32 cannot compile (torch._grouped_mm traces in bf16 only): a config error
+    naming the fix, before any tracing, not a failed check with a dynamo trace in its detail."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "llmlab", "compile-check", "configs/models/tiny-moe.toml"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "dispatch = 'capacity'" in proc.stderr

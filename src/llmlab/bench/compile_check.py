@@ -24,6 +24,7 @@ from llmlab.device import torch_dtype
 from llmlab.errors import ConfigError
 from llmlab.infer.generate import decode_step, prefill
 from llmlab.model import GPT
+from llmlab.model.moe import check_compilable
 
 
 def _autocast(device: str, dtype: torch.dtype) -> contextlib.AbstractContextManager:
@@ -81,6 +82,7 @@ def compile_check(cfg: ModelConfig, *, steps: int = 4, decode_steps: int = 32, b
                   seq_len: int = 64, backend: str = "inductor", dtype: str = "fp32",
                   device: str = "cpu") -> dict[str, Any]:
     amp = torch_dtype(dtype)
+    check_compilable(cfg.moe, compile=True, dtype=amp)  # a dispatch that cannot compile: exit 2, one line
     prompt_len = max(1, min(8, cfg.max_seq_len - decode_steps))
     if seq_len > cfg.max_seq_len or prompt_len + decode_steps > cfg.max_seq_len:
         raise ConfigError(f"seq_len ({seq_len}) and 8 + decode steps ({decode_steps}) must fit "
