@@ -416,3 +416,29 @@ def test_a_run_of_the_single_run_layout_is_refused_not_mixed(tmp_path: Path) -> 
     (tmp_path / "base-gqa" / "notes.txt").write_text("mine")
     with pytest.raises(ConfigError, match="holds no run record"):
         integrity.variants_to_retrain(campaign, tmp_path, ["base", "base+gqa"])
+
+
+def test_a_diverged_run_is_recorded_and_not_retried(tmp_path: Path) -> None:
+    """A run whose metrics end in a "diverged" event (non-finite loss) counts as a failed point:
+    retrying would diverge again from the same checkpoint."""
+    from llmlab.campaign.run import train_once
+
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 5.0}) + "\n"
+                                            + json.dumps({"event": "diverged", "step": 2}) + "\n")
+    cfg = load_run_config(REPO / "configs/runs/tiny.toml")
+    assert train_once(cfg, tmp_path) == "diverged"
+    assert not (tmp_path / "result.json").exists()  # nothing was trained
+
+
+def test_report_pairs_only_finished_seeds_and_names_the_others(tmp_path: Path) -> None:
+    for d, val in (("b/seed-0", 3.5), ("b/seed-1", 3.4), ("g/seed-0", 3.3)):
+        fake_run(tmp_path / d, val, moe=False)
+    runs = lambda v, status1: [{"seed": 0, "dir": f"{v}/seed-0"},  # noqa: E731
+                               {"seed": 1, "dir": f"{v}/seed-1", "status": status1}]
+    (tmp_path / "campaign.json").write_text(json.dumps({"seeds": [0, 1], "variants": [
+        {"name": "base", "dir": "b", "lr": 2e-3, "runs": runs("b", "completed")},
+        {"name": "gqa", "dir": "g", "lr": 1e-3, "runs": runs("g", "diverged")}]}))
+    md = write_report(tmp_path, memory_gb=1.0)["markdown"]
+    assert "- gqa, seed 1: diverged (left out of the means and the pairing)" in md
+    assert "| base | baseline | 0.002 | 2 |" in md and "| gqa | compared | 0.001 | 1 |" in md
+    assert "| gqa | base | 1 | -0.2000 |" in md  # seed 0 alone: 3.4 - 3.6 (test = val + 0.1)

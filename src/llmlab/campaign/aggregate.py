@@ -74,7 +74,7 @@ def seed_noise(records: list[VariantRecord], key: str = "test_loss") -> dict[str
     resolve (stats.resolvable_difference)."""
     summaries = [summarize(list(v.values())) for r in records if (v := by_seed(r, key))]
     std = pooled_std(summaries)
-    n = min((s.n for s in summaries), default=0)
+    n = min((s.n for s in summaries if s.n > 1), default=0)  # variants short of seeds resolve less
     return {"std": std, "n": n, "resolvable": resolvable_difference(std, n) if std is not None else None}
 
 

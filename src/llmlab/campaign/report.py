@@ -270,7 +270,10 @@ def report_markdown(directory: Path, records: list[VariantRecord], rows: list[di
                 parts.append(f"## Paired differences against {records[0].name}\n\n{markdown(diffs, DIFFERENCE_COLUMNS)}")
             parts.append(sweep_section(records, plots.get("lr_sweep")))
     stability = aggregate.stability_rows(records)
-    parts.append(f"## Stability\n\nEvery run; the rule is in Method.\n\n{markdown(stability, STABILITY_COLUMNS)}")
+    unfinished = "".join(f"- {r.name}, seed {seed}: {status} (left out of the means and the pairing)\n"
+                         for r in records for seed, status in sorted(r.failed.items()))
+    parts.append(f"## Stability\n\nEvery finished run; the rule is in Method.\n\n{markdown(stability, STABILITY_COLUMNS)}"
+                 + (f"\nRuns that did not finish:\n\n{unfinished}" if unfinished else ""))
     parts.append(moe_text)
     parts.append(f"## Memory\n\n{memory[1]}{_image(plots.get('memory'))}")
     sweep = [row for r in records for row in sweep_rows(r.name, r.first)]
