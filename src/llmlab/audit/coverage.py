@@ -24,10 +24,14 @@ _LIBRARY_DIRS = tuple({str(Path(p).resolve()) for p in (
 
 
 def is_user_file(filename: str) -> bool:
+    """Not the standard library, not an installed package (any site-packages or dist-packages,
+    the system's too when a venv sees them), not torch, not the audit itself."""
     if not filename or filename.startswith("<"):
         return False
-    path = str(Path(filename).resolve())
-    return not path.startswith(_LIBRARY_DIRS) and not path.startswith(_AUDIT_DIR)
+    path = Path(filename).resolve()
+    if {"site-packages", "dist-packages"} & set(path.parts):
+        return False
+    return not str(path).startswith(_LIBRARY_DIRS) and not str(path).startswith(_AUDIT_DIR)
 
 
 @dataclasses.dataclass
