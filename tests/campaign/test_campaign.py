@@ -442,3 +442,16 @@ def test_report_pairs_only_finished_seeds_and_names_the_others(tmp_path: Path) -
     assert "- gqa, seed 1: diverged (left out of the means and the pairing)" in md
     assert "| base | baseline | 0.002 | 2 |" in md and "| gqa | compared | 0.001 | 1 |" in md
     assert "| gqa | base | 1 | -0.2000 |" in md  # seed 0 alone: 3.4 - 3.6 (test = val + 0.1)
+
+
+def test_findings_state_results_against_the_hypothesis() -> None:
+    from llmlab.campaign.aggregate import difference_row
+    from llmlab.campaign.findings import loss_finding
+    from llmlab.campaign.stats import paired_difference
+
+    worse = paired_difference({0: 2.10, 1: 2.21, 2: 2.12}, {0: 2.00, 1: 2.10, 2: 2.05})
+    text = loss_finding("GQA + MoE lowers test loss", difference_row("moe", "base", "test_loss", worse))
+    assert text.startswith("- **GQA + MoE lowers test loss**: test loss moe − base = +0.0933 nats/token, 95 % CI [")
+    assert text.endswith("Verdict: **contradicted (the difference goes the other way)**.")
+    unclear = paired_difference({0: 2.00, 1: 2.20, 2: 2.05}, {0: 2.10, 1: 2.05, 2: 2.08})
+    assert "not resolved at this budget" in loss_finding("h", difference_row("a", "b", "test_loss", unclear))
