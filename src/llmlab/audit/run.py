@@ -168,13 +168,22 @@ def merge(static: list[Finding], checks: list[CheckResult], default_where: dict[
                     match.evidence.append(e.reason)
                 continue
             file, line = (e.file, e.line) if e.file and e.line else default_where[role]
-            key = (file, line, e.kind)
+            code = _source_line(file, line)
+            kind = _kind(e, code)
+            key = (file, line, kind)
             if key not in extra:
-                extra[key] = Finding(e.kind, file, line, _source_line(file, line), f"seen by dynamo in: {check.name}",
-                                     "dynamic")
+                extra[key] = Finding(kind, file, line, code, f"seen by dynamo in: {check.name}", "dynamic")
             if e.reason not in extra[key].evidence:
                 extra[key].evidence.append(e.reason)
     return sorted([*static, *extra.values()], key=lambda f: (f.file, f.line, f.hazard))
+
+
+def _kind(e: Event, code: str) -> str:
+    """A recompilation on a guard `value == <int>` at a line handling a position: the compiled code
+    was specialised on a Python int position (positions-as-tensors)."""
+    if e.kind == "recompilation" and re.search(r"== -?\d+\b", e.reason) and "pos" in code:
+        return "int-position"
+    return e.kind
 
 
 def _by_attribute(static: list[Finding], e: Event) -> Finding | None:
