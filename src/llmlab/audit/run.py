@@ -151,7 +151,8 @@ def _default_where(t: Target) -> dict[str, tuple[str, int]]:
     return out
 
 
-def merge(static: list[Finding], checks: list[CheckResult], default_where: dict[str, tuple[str, int]]) -> list[Finding]:
+def merge(static: list[Finding], checks: list[CheckResult],
+          default_where: dict[str, tuple[str, int]]) -> list[Finding]:
     """Dynamo's events join the static finding at the same line (or, for a recompilation, the
     cache finding whose attribute the failed guard names); the others become findings of their own."""
     by_line: dict[tuple[str, int], Finding] = {}
