@@ -35,3 +35,15 @@ def test_bad_sampling_flags_exit_2_in_one_line(flags: list[str], message: str) -
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_generate_compile_reports_compile_time_apart_and_eager_tokens(capsys: pytest.CaptureFixture) -> None:
+    small = ["--set", "model.n_layers=1", "--set", "model.vocab_size=512", "--json"]
+    ids = {}
+    for flag in ([], ["--compile"]):
+        assert main(ARGS + small + flag) == 0
+        out = json.loads(capsys.readouterr().out)
+        ids[bool(flag)] = out["ids"]
+        assert out["compiled"] is bool(flag)
+        assert (out["compile_s"] is not None and out["compile_s"] > 0) is bool(flag)
+    assert ids[True] == ids[False]
