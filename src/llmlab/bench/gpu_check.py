@@ -76,8 +76,10 @@ def plan(dry_run: bool) -> Plan:
 
 
 def gpu_tests(dry_run: bool) -> dict[str, Any]:
-    """`pytest -m gpu` in a child process; its exit code and summary line."""
-    cmd = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "tests/model/test_gpu.py", "-p", "no:cacheprovider"]
+    """`pytest -m gpu` in a child process (every GPU-marked test; the dry run collects only
+    tests/model/test_gpu.py, to stay short); its exit code and summary line."""
+    where = "tests/model/test_gpu.py" if dry_run else "tests"
+    cmd = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", where, "-p", "no:cacheprovider"]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     lines = proc.stdout.strip().splitlines()
