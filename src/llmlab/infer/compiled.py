@@ -22,8 +22,10 @@ import torch._dynamo
 from llmlab.infer.generate import DecodeFn, decode_step
 from llmlab.model import GPT
 
-# model -> {(batch, cache length): compiled step}. Weak keys: a dropped model frees its steps.
-_STEPS: "weakref.WeakKeyDictionary[GPT, dict[tuple[int, int], DecodeFn]]" = weakref.WeakKeyDictionary()
+# model -> {(batch, cache length, device, dtype): compiled step}. Weak keys: a dropped model frees
+# its steps. Device and dtype are in the key so that a model moved or cast after a first compile is
+# compiled (and timed) again, not recompiled silently inside the timed decode loop.
+_STEPS: "weakref.WeakKeyDictionary[GPT, dict[tuple, DecodeFn]]" = weakref.WeakKeyDictionary()
 
 # Dynamo keeps every compiled shape of `decode_step` in one code cache, 8 entries by default; a
 # campaign sweeping batch sizes and context lengths over several models needs more, and past the
@@ -47,10 +49,10 @@ def compiled_decode_step(model: GPT, batch_size: int, cache_len: int, warm_pos: 
     ever read.
     """
     steps = _STEPS.setdefault(model, {})
-    key = (batch_size, cache_len)
+    device, dtype = model.lm_head.weight.device, model.lm_head.weight.dtype
+    key = (batch_size, cache_len, str(device), dtype)
     if key in steps:
         return steps[key], None
-    device = model.lm_head.weight.device
     step = torch.compile(decode_step, fullgraph=True, dynamic=False, **compile_options(device))
     token = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
     pos = torch.tensor([warm_pos], device=device)
