@@ -20,16 +20,6 @@ TINY_TRAIN = {"seq_len": 32, "micro_batch_size": 4, "max_steps": 4, "lr": 3e-3, 
               "log_interval": 1, "seed": 0}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread, as in tests/train: on a small shared machine, OpenMP threads waiting for
-    a busy core make these tiny models ~8x slower (measured: 12 s vs 107 s for this folder)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="session")
 def byte_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small generated corpus, byte-tokenized: the same bytes on every machine."""

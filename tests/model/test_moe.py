@@ -25,16 +25,6 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "models"
 BF16 = {"atol": 2e-2, "rtol": 2e-2}  # a few bf16 roundings (eps 2^-8) of O(1) values
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls on a small shared machine: OpenMP threads waiting for a busy core cost more
-    than they give."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def make_moe(dispatch: str, mlp: str = "swiglu", bias: bool = False, n_shared: int = 0,
              renormalize: bool = True, capacity_factor: float | None = None, d_model: int = 16,
              n_experts: int = 4, top_k: int = 2, **coefs: float) -> MoE:

@@ -15,18 +15,6 @@ from trainkit import subprocess_env, train_rows, write_config
 from llmlab.config import DataConfig
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: the machine is small and shared, and OpenMP threads that wait for a busy
-    core make tiny matmuls 10x slower. (Subprocesses get OMP_NUM_THREADS=1.)"""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="session")
 def byte_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """pydocs tokenized with the byte tokenizer (~2.1M train tokens), once per session."""
