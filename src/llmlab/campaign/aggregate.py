@@ -79,15 +79,17 @@ def seed_noise(records: list[VariantRecord], key: str = "test_loss") -> dict[str
 
 
 def stability_rows(records: list[VariantRecord]) -> list[dict[str, Any]]:
-    """Loss and gradient-norm spikes after warm-up for every finished run (stability.py's rule)."""
+    """Loss and gradient-norm spikes after warm-up for every finished run, seed runs then sweep
+    runs (stability.py's rule)."""
     from llmlab.train.stability import run_stability
 
     rows = []
     for record in records:
-        for seed, run_dir in sorted(record.runs.items()):
+        sweep = [(f"sweep lr {e['lr']:g}", Path(e["dir"])) for e in record.sweep if e["status"] == "completed"]
+        for label, run_dir in [(f"seed {seed}", d) for seed, d in sorted(record.runs.items())] + sweep:
             spikes = run_stability(run_dir)
             rows.append({
-                "variant": record.name, "seed": seed,
+                "variant": record.name, "run": label,
                 "loss_spikes": spikes["loss"]["count"], "loss_spike_steps": _steps(spikes["loss"]["steps"]),
                 "grad_spikes": spikes["grad_norm"]["count"], "grad_spike_steps": _steps(spikes["grad_norm"]["steps"]),
             })

@@ -181,7 +181,7 @@ SWEEP_LR_COLUMNS: list[Column] = [
     ("val_loss", "final val loss", ".4f"), ("chosen", "chosen", ""),
 ]
 STABILITY_COLUMNS: list[Column] = [
-    ("variant", "variant", ""), ("seed", "seed", "d"), ("loss_spikes", "loss spikes", "d"),
+    ("variant", "variant", ""), ("run", "run", ""), ("loss_spikes", "loss spikes", "d"),
     ("loss_spike_steps", "at steps", ""), ("grad_spikes", "grad-norm spikes", "d"), ("grad_spike_steps", "at steps", ""),
 ]
 ROUTING_COLUMNS: list[Column] = [
