@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -143,7 +144,10 @@ def fake_run(run_dir: Path, val: float, moe: bool, kv_heads: int = 4) -> None:
     (run_dir / "infer.json").write_text(json.dumps(
         {"points": points, "tokens_per_s_kv_cache": 50.0, "tokens_per_s_no_cache": 10.0, "kv_cache_speedup": 5.0,
          "dtype": "float32"}))
-    rows = [{"step": 1, "loss": 5.0, "tokens": 2048}, {"step": 1, "val_loss": val}]
+    (run_dir / "env.json").write_text(json.dumps({"device": "cpu", "device_name": "test cpu", "threads": 1,
+                                                  "torch": "2.13.0", "git": {"commit": "abc1234567890", "dirty": False}}))
+    t0 = time.time() - 600  # ten minutes ago; the infer.json just written is the last write
+    rows = [{"step": 1, "loss": 5.0, "tokens": 2048, "time": t0}, {"step": 1, "val_loss": val, "time": t0 + 300}]
     if moe:
         rows.append({"step": 2, "loss": 4.0, "tokens": 4096, "moe_load": [[0.5, 0.25, 0.25, 0.0]],
                      "moe_max_load": [2.0], "moe_dropped_frac": [0.1]})
@@ -172,6 +176,10 @@ def test_report_reads_records_in_campaign_order(tmp_path: Path) -> None:
     # the decode sweep: one row per variant and point, speedup over the no-cache baseline
     assert "| base+moe | 256 | 8 | 2.0 | 300.0 | 20.0 | 15.00 |" in md
     assert (tmp_path / "report.csv").read_text().startswith("variant,")
+    # the record: what the runs were made on and when, from their env.json and metrics times
+    record = md.split("## Record")[1]
+    assert "Runs: 3 (seed runs and sweep points)" in record and "10 minutes of wall time" in record
+    assert "test cpu (cpu, threads=1, torch 2.13.0)" in record and "llmlab commit(s): abc1234567\n" in record
 
 
 def test_report_without_runs_is_a_clear_error(tmp_path: Path) -> None:

@@ -78,6 +78,38 @@ def _single(name: str, kind: str | None, run_dir: Path) -> VariantRecord:
     return record
 
 
+def all_run_dirs(records: list[VariantRecord]) -> list[Path]:
+    """Every run directory a report reads: each variant's finished seed runs and its sweep points."""
+    dirs = [d for r in records for d in r.runs.values()]
+    return dirs + [Path(e["dir"]) for r in records for e in r.sweep if Path(e["dir"]).is_dir()]
+
+
+def provenance(run_dirs: list[Path]) -> dict[str, Any]:
+    """Where and when the records were made, from their env.json and metrics.jsonl: the machines,
+    the llmlab commits (a campaign resumed across code changes shows several), the first start and
+    the last write (training, evaluation and the decode sweep's infer.json) and the summed
+    training time. Wall time is the campaign's cost on that machine, not a property of the models."""
+    from llmlab.runs import read_metrics
+
+    machines, commits, starts, ends, train_s = set(), set(), [], [], 0.0
+    for run_dir in run_dirs:
+        env = json.loads((run_dir / "env.json").read_text()) if (run_dir / "env.json").is_file() else {}
+        machines.add(f"{env.get('device_name') or env.get('platform', '?')} ({env.get('device', '?')}, "
+                     f"threads={env.get('threads', '?')}, torch {env.get('torch', '?')})")
+        git = env.get("git") or {}
+        commits.add((git.get("commit") or "unknown")[:10] + (" (uncommitted edits)" if git.get("dirty") else ""))
+        times = [row["time"] for row in read_metrics(run_dir) if isinstance(row.get("time"), (int, float))]
+        if times:
+            starts.append(min(times))
+            ends.append(max(times))
+            train_s += max(times) - min(times)
+        if (run_dir / "infer.json").is_file():
+            ends.append((run_dir / "infer.json").stat().st_mtime)
+    return {"runs": len(run_dirs), "machines": sorted(machines), "commits": sorted(commits),
+            "first_start": min(starts) if starts else None, "last_write": max(ends) if ends else None,
+            "training_s": train_s}
+
+
 def result(run_dir: Path) -> dict[str, Any]:
     return json.loads((run_dir / "result.json").read_text())
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from llmlab.campaign import aggregate, figures
 from llmlab.campaign.findings import findings
 from llmlab.campaign.integrity import run_dirname
 from llmlab.campaign.memory import MEMORY_COLUMNS, describe_budget, memory_budget, memory_table
-from llmlab.campaign.records import VariantRecord, load_records
+from llmlab.campaign.records import VariantRecord, all_run_dirs, load_records, provenance
 from llmlab.errors import LLMLabError
 from llmlab.runs import read_metrics, write_bytes_atomic
 
@@ -252,6 +253,22 @@ def moe_section(records: list[VariantRecord], directory: Path) -> tuple[str, lis
     return text, images
 
 
+def record_section(records: list[VariantRecord]) -> str:
+    """## Record: date, machine, code version and wall time of the runs behind the report."""
+    p = provenance(all_run_dirs(records))
+    stamp = lambda t: time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t)) if t else "unknown"  # noqa: E731
+    wall = (p["last_write"] - p["first_start"]) / 60 if p["first_start"] and p["last_write"] else None
+    lines = [
+        f"- Runs: {p['runs']} (seed runs and sweep points), from {stamp(p['first_start'])} to {stamp(p['last_write'])}"
+        + (f": {wall:.0f} minutes of wall time, {p['training_s'] / 60:.0f} of them training" if wall else ""),
+        f"- Machine: {'; '.join(p['machines'])}",
+        f"- llmlab commit(s): {', '.join(p['commits'])}"
+        + (" (the campaign was resumed across code versions)" if len(p["commits"]) > 1 else ""),
+        f"- Report written {stamp(time.time())}",
+    ]
+    return "## Record\n\n" + "\n".join(lines) + "\n"
+
+
 def report_markdown(directory: Path, records: list[VariantRecord], rows: list[dict[str, Any]],
                     campaign: dict[str, Any], memory: tuple[list[dict[str, Any]], str], plots: dict[str, str | None],
                     moe_text: str) -> str:
@@ -283,6 +300,7 @@ def report_markdown(directory: Path, records: list[VariantRecord], rows: list[di
                      f" over the no-cache baseline at the same point.\n\n{markdown(sweep, SWEEP_COLUMNS)}"
                      + _image(plots.get("decode")))
     parts.append(findings(records, memory[0]))
+    parts.append(record_section(records))
     return "\n".join(p for p in parts if p)
 
 
