@@ -86,7 +86,7 @@ class GPT(nn.Module):
             self.register_buffer("rope_sin", sin, persistent=False)
         # Key positions 0..S-1 of the cache, by setup_kv_cache: the mask row of a query at position p
         # is key_pos <= p, built per call, so no (S, S) mask sits in memory beside the KV cache.
-        self.register_buffer("causal_mask", None, persistent=False)  # (S,) int64
+        self.register_buffer("key_pos", None, persistent=False)  # (S,) int64
 
     # -- initialisation ---------------------------------------------------------------------
 
@@ -134,8 +134,8 @@ class GPT(nn.Module):
         x = self.drop(x)
         rope = (self.rope_cos[pos], self.rope_sin[pos]) if self.config.pos == "rope" else None
         mask = None
-        if self.causal_mask is not None and input_pos is not None:
-            mask = self.causal_mask[None, :] <= input_pos[:, None]  # (T, S): query at p sees keys 0..p
+        if self.key_pos is not None and input_pos is not None:
+            mask = self.key_pos[None, :] <= input_pos[:, None]  # (T, S): query at p sees keys 0..p
         aux_loss = x.new_zeros((), dtype=torch.float32)
         stats: list[dict[str, torch.Tensor]] = []
         for block in self.blocks:
@@ -164,13 +164,13 @@ class GPT(nn.Module):
         dtype = dtype or ref.dtype
         for block in self.blocks:
             block.attn.kv_cache = KVCache(batch_size, cfg.n_kv_heads, S, cfg.head_dim, dtype, ref.device)
-        self.causal_mask = torch.arange(S, device=ref.device)
+        self.key_pos = torch.arange(S, device=ref.device)
 
     def clear_kv_cache(self) -> None:
         """Free the caches; forward then runs without one (training never touches the cache)."""
         for block in self.blocks:
             block.attn.kv_cache = None
-        self.causal_mask = None
+        self.key_pos = None
 
     @property
     def kv_cache(self) -> KVCache | None:
