@@ -26,7 +26,7 @@ import torch._inductor.config
 
 from llmlab.audit.dynamic import quiet, train_loss
 from llmlab.bench.common import emit_json, environment, print_table
-from llmlab.timing import median, time_round_robin
+from llmlab.timing import time_round_robin
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "audit"))
 PAIRS = ("nanogpt", "moe", "stats")

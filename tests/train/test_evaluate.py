@@ -12,7 +12,7 @@ import pytest
 import torch
 from trainkit import TINY_MODEL, TINY_TRAIN
 
-from llmlab.config import DataConfig, ModelConfig, TrainConfig, dump_toml, load_run_config
+from llmlab.config import ModelConfig, TrainConfig, dump_toml, load_run_config
 from llmlab.data.loader import eval_batches, open_split
 from llmlab.errors import ConfigError
 from llmlab.model import GPT

@@ -8,12 +8,12 @@ read as one run per variant, at the seed its config.toml says.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from llmlab.errors import LLMLabError
+from llmlab.runs import read_json, read_metrics
 
 
 @dataclass
@@ -40,7 +40,7 @@ def load_records(directory: Path) -> tuple[list[VariantRecord], dict[str, Any]]:
     """(variants in campaign order with at least one finished run, campaign.json or {})."""
     path = directory / "campaign.json"
     if path.is_file():
-        campaign = json.loads(path.read_text())
+        campaign = read_json(path)
         variants = [_from_campaign(directory, i, v) for i, v in enumerate(campaign["variants"])]
     else:
         campaign = {}
@@ -89,11 +89,9 @@ def provenance(run_dirs: list[Path]) -> dict[str, Any]:
     the llmlab commits (a campaign resumed across code changes shows several), the first start and
     the last write (training, evaluation and the decode sweep's infer.json) and the summed
     training time. Wall time is the campaign's cost on that machine, not a property of the models."""
-    from llmlab.runs import read_metrics
-
     machines, commits, starts, ends, train_s = set(), set(), [], [], 0.0
     for run_dir in run_dirs:
-        env = json.loads((run_dir / "env.json").read_text()) if (run_dir / "env.json").is_file() else {}
+        env = read_json(run_dir / "env.json") if (run_dir / "env.json").is_file() else {}
         machines.add(f"{env.get('device_name') or env.get('platform', '?')} ({env.get('device', '?')}, "
                      f"threads={env.get('threads', '?')}, torch {env.get('torch', '?')})")
         git = env.get("git") or {}
@@ -111,9 +109,9 @@ def provenance(run_dirs: list[Path]) -> dict[str, Any]:
 
 
 def result(run_dir: Path) -> dict[str, Any]:
-    return json.loads((run_dir / "result.json").read_text())
+    return read_json(run_dir / "result.json")
 
 
 def infer(run_dir: Path) -> dict[str, Any]:
     path = run_dir / "infer.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return read_json(path) if path.is_file() else {}

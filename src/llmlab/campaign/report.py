@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from llmlab.campaign.findings import findings
 from llmlab.campaign.integrity import run_dirname
 from llmlab.campaign.memory import MEMORY_COLUMNS, describe_budget, memory_budget, memory_table
 from llmlab.campaign.records import VariantRecord, all_run_dirs, load_records, provenance
+from llmlab.campaign.records import infer as infer_record, result as result_record
 from llmlab.errors import LLMLabError
 from llmlab.runs import read_metrics, write_bytes_atomic
 
@@ -78,9 +78,7 @@ def routing_summary(metrics: list[dict[str, Any]], last: int = 5) -> dict[str, f
 
 
 def variant_row(name: str, run_dir: Path) -> dict[str, Any]:
-    result = json.loads((run_dir / "result.json").read_text())
-    infer_path = run_dir / "infer.json"
-    infer = json.loads(infer_path.read_text()) if infer_path.is_file() else {}
+    result, infer = result_record(run_dir), infer_record(run_dir)
     params = result.get("params", {})
     row = {
         "variant": name,
@@ -106,8 +104,7 @@ def variant_row(name: str, run_dir: Path) -> dict[str, Any]:
 
 def sweep_rows(name: str, run_dir: Path) -> list[dict[str, Any]]:
     """One row per (context, batch size) of the variant's decode sweep (infer.json "points")."""
-    path = run_dir / "infer.json"
-    points = json.loads(path.read_text()).get("points", []) if path.is_file() else []
+    points = infer_record(run_dir).get("points", [])
     rows = []
     for p in points:
         cases, base = p["cases"], p["cases"].get("no_cache", {}).get("decode_tokens_per_s")
@@ -163,8 +160,7 @@ def _inference_dtype_bytes(run_dir: Path, device: Any) -> int:
     """Bytes per element of the dtype the campaign decoded in (infer.json), else this device's."""
     from llmlab.device import resolve_dtype
 
-    path = run_dir / "infer.json"
-    dtype = json.loads(path.read_text()).get("dtype") if path.is_file() else None
+    dtype = infer_record(run_dir).get("dtype")
     if dtype is None:
         dtype = str(resolve_dtype("auto", device)).removeprefix("torch.")
     return {"float32": 4, "bfloat16": 2, "float16": 2}[dtype]

@@ -156,16 +156,14 @@ def _generate_cached(model: GPT, idx: torch.Tensor, max_new_tokens: int,
 
 def _generate_uncached(model: GPT, idx: torch.Tensor, max_new_tokens: int,
                        pick: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, GenerationTimes]:
-    stamps = [_clock(idx.device)]
-    for _ in range(max_new_tokens):
+    t0 = t1 = _clock(idx.device)
+    for i in range(max_new_tokens):
         logits = model(idx, logits_to_keep=1).logits[:, -1]  # the whole prefix, the head on one position
         idx = torch.cat([idx, pick(logits)], dim=1)
-        if len(stamps) == 1:
-            stamps.append(_clock(idx.device))  # after the first token: prefill
-    stamps += [_clock(idx.device)] * (3 - len(stamps))
-    times = GenerationTimes(stamps[1] - stamps[0], stamps[2] - stamps[1],
-                            max(max_new_tokens - 1, 0) * idx.shape[0])
-    return idx, times
+        if i == 0:
+            t1 = _clock(idx.device)  # after the first token: prefill
+    t2 = _clock(idx.device)
+    return idx, GenerationTimes(t1 - t0, t2 - t1, max(max_new_tokens - 1, 0) * idx.shape[0])
 
 
 def _clock(device: torch.device) -> float:
