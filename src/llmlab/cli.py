@@ -12,7 +12,7 @@ import json
 import sys
 from typing import Any, Callable
 
-from llmlab.config import DTYPES
+from llmlab.config import COMPILE_MODES, DTYPES
 from llmlab.errors import LLMLabError
 
 EXIT_USAGE = 2
@@ -94,8 +94,10 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=1, help="copies of the prompt decoded together")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--dtype", default="auto", choices=DTYPES, help="auto: bf16 on CUDA, fp32 on CPU")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile the cached decode step (CUDA graphs on a GPU); compile time reported apart")
+    p.add_argument("--compile", nargs="?", const="default", default=None, choices=COMPILE_MODES,
+                   help="torch.compile the cached decode step: default (CUDA graphs on a GPU, frozen weights "
+                        "on a CPU) or max-autotune (also the fastest kernel per matmul; longer compile); "
+                        "compile time reported apart")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--json", action="store_true", help="print ids, text and tokens/s as one JSON object")
     p.set_defaults(func=_cmd_generate)
@@ -116,7 +118,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=args.device,
         dtype=args.dtype,
-        compile=args.compile,
+        compile=args.compile or False,
         overrides=args.set,
     )
     if args.json:

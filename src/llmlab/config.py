@@ -27,6 +27,9 @@ SCHEDULES = ("cosine", "wsd", "constant")
 # "auto" picks bf16 on CUDA and fp32 on CPU.
 PRECISIONS = {"bf16": "bfloat16", "fp32": "float32"}
 DTYPES = ("auto", *PRECISIONS)
+COMPILE_MODES = ("default", "max-autotune")
+"""Compiled decoding (`generate(compile=...)`, `llmlab.infer.compiled`): default = CUDA graphs on
+CUDA, frozen weights on CPU; max-autotune = also the fastest kernel per matmul shape (longer compile)."""
 PARALLELISMS = ("ddp", "fsdp")
 COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")
 

@@ -27,3 +27,46 @@ def test_compiled_decode_gives_eager_tokens_with_one_compilation(variant: str) -
     again, times = generate_timed(model, idx, 30, compile=True)
     assert torch.equal(again, compiled)
     assert counters["stats"]["unique_graphs"] == 1 and times.compile_s is None
+
+
+def test_compiled_step_follows_weights_changed_in_place() -> None:
+    """Frozen weights are copies: after an in-place edit (an optimizer step, load_state_dict) the
+    step is compiled again, never run with the old weights; an unchanged model reuses its step."""
+    model = build("gqa")
+    idx = torch.randint(0, 97, (1, 5))
+    generate(model, idx, 20, compile=True)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(-1.5)
+    edited, times = generate_timed(model, idx, 20, compile=True)
+    assert times.compile_s is not None  # compiled again for the new weights
+    assert torch.equal(edited, generate(model, idx, 20))
+
+
+def test_compiled_steps_reuse_their_kv_caches() -> None:
+    """Each compiled step owns its caches: every call decodes into the same buffers (a CUDA graph
+    replays fixed addresses), zeroed first, and the model holds none between calls."""
+    model = build("dense")
+    idx = torch.randint(0, 97, (1, 5))
+    generate(model, idx, 10, compile=True)
+    from llmlab.infer.compiled import _STEPS
+
+    (step,) = _STEPS[model].values()
+    before = [c.k.data_ptr() for c in step.caches]
+    generate(model, idx, 10, compile=True)
+    assert [c.k.data_ptr() for c in step.caches] == before and model.kv_cache is None
+
+
+@pytest.mark.parametrize("bad", ["fast", "reduce-overhead", 1])
+def test_compile_mode_must_be_known(bad: object) -> None:
+    from llmlab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="compile must be True, False or one of default, max-autotune"):
+        generate(build("dense"), torch.zeros(1, 3, dtype=torch.long), 4, compile=bad)
+
+
+def test_max_autotune_decode_gives_eager_tokens() -> None:
+    model = build("gqa")
+    idx = torch.randint(0, 97, (2, 6))
+    tuned, times = generate_timed(model, idx, 24, compile="max-autotune")
+    assert torch.equal(tuned, generate(model, idx, 24)) and times.compile_s > 0

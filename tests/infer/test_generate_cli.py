@@ -44,6 +44,6 @@ def test_generate_compile_reports_compile_time_apart_and_eager_tokens(capsys: py
         assert main(ARGS + small + flag) == 0
         out = json.loads(capsys.readouterr().out)
         ids[bool(flag)] = out["ids"]
-        assert out["compiled"] is bool(flag)
+        assert out["compiled"] is bool(flag) and out["compile_mode"] == ("default" if flag else None)
         assert (out["compile_s"] is not None and out["compile_s"] > 0) is bool(flag)
     assert ids[True] == ids[False]

@@ -20,7 +20,8 @@ def cached_logits(model: GPT, idx: torch.Tensor, prompt: int, wrong_mask: bool =
     B, T = idx.shape
     model.setup_kv_cache(B, T)
     if wrong_mask:
-        model.key_pos = torch.zeros_like(model.key_pos)  # every slot visible, unwritten ones too
+        for block in model.blocks:  # every slot visible, unwritten ones too
+            block.attn.kv_cache.pos.zero_()
     try:
         model(idx[:, :prompt], input_pos=torch.arange(prompt, device=idx.device))
         steps = [model(idx[:, p : p + 1], input_pos=torch.tensor([p], device=idx.device)).logits

@@ -3,8 +3,8 @@ against the machine's read bandwidth measured in the same run.
 
 Same shapes on every row (default: d=256, 4 layers, 8 query heads, 2 kv heads, SwiGLU 704,
 vocab 8192, tied; prompt 256 + 256 new tokens, greedy, random weights), at batch 1 and 8. Rows:
-- llmlab, KV cache, eager; llmlab, KV cache, compiled decode step (`generate(compile=True)`,
-  compile time reported apart);
+- llmlab, KV cache, eager; llmlab, KV cache, compiled decode step (`generate(compile=True)`, and
+  `compile="max-autotune"`, compile time reported apart);
 - llmlab, no cache: the whole prefix recomputed each token, the output head on the last position;
 - Hugging Face transformers `generate` with and without cache (when installed), with our weights
   (`llmlab.export.hf.to_transformers`), checked to give the same greedy tokens before timing. HF's
@@ -57,6 +57,8 @@ def llmlab_runs(model: GPT, prompt: torch.Tensor, new: int, compile: bool, no_ca
     runs = {"llmlab|kv cache, eager": functools.partial(generate_timed, model, prompt, new)}
     if compile:
         runs["llmlab|kv cache, compiled"] = functools.partial(generate_timed, model, prompt, new, compile=True)
+        runs["llmlab|kv cache, compiled, max-autotune"] = functools.partial(generate_timed, model, prompt, new,
+                                                                            compile="max-autotune")
     if no_cache:
         runs["llmlab|no cache, eager"] = functools.partial(generate_timed, model, prompt, new, use_kv_cache=False)
     return runs
@@ -183,6 +185,8 @@ def ratios(rows: list[dict[str, Any]]) -> dict[str, float]:
         "llmlab_vs_hf_cached": ("llmlab|kv cache, eager", "hf-transformers|kv cache, eager"),
         "compiled_vs_hf_cached": ("llmlab|kv cache, compiled", "hf-transformers|kv cache, eager"),
         "compiled_vs_eager_cached": ("llmlab|kv cache, compiled", "llmlab|kv cache, eager"),
+        "autotuned_vs_hf_cached": ("llmlab|kv cache, compiled, max-autotune", "hf-transformers|kv cache, eager"),
+        "autotuned_vs_eager_cached": ("llmlab|kv cache, compiled, max-autotune", "llmlab|kv cache, eager"),
     }
     return {k: tps[a] / tps[b] for k, (a, b) in pairs.items() if a in tps and b in tps}
 

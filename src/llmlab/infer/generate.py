@@ -20,6 +20,7 @@ from typing import Callable
 
 import torch
 
+from llmlab.config import COMPILE_MODES
 from llmlab.errors import ConfigError
 from llmlab.model import GPT
 from llmlab.timing import sync
@@ -33,6 +34,17 @@ def check_sampling(temperature: float, top_k: int | None) -> None:
         raise ConfigError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature}")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
         raise ConfigError(f"top_k must be an integer >= 1 (or None: the whole vocabulary), got {top_k!r}")
+
+
+def check_compile(compile: bool | str) -> str | None:
+    """compile=False -> None (eager), True -> "default", or one of COMPILE_MODES."""
+    if compile is False or compile is None:
+        return None
+    if compile is True:
+        return "default"
+    if compile not in COMPILE_MODES:
+        raise ConfigError(f"compile must be True, False or one of {', '.join(COMPILE_MODES)}; got {compile!r}")
+    return compile
 
 
 def sample(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = None,
@@ -93,12 +105,13 @@ class GenerationTimes:
 @torch.no_grad()
 def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, use_kv_cache: bool = True,
              temperature: float = 0.0, top_k: int | None = None, seed: int | None = None,
-             decode_fn: DecodeFn | None = None, compile: bool = False) -> torch.Tensor:
+             decode_fn: DecodeFn | None = None, compile: bool | str = False) -> torch.Tensor:
     """Extend idx (B, T) by max_new_tokens; returns (B, T + max_new_tokens).
 
-    seed fixes sampling (a private generator, so global RNG state is untouched). compile=True runs
-    the decode step through `torch.compile` (compiled once per model, batch and cache length, and
-    reused; see `llmlab.infer.compiled`); decode_fn lets a caller pass its own step instead.
+    seed fixes sampling (a private generator, so global RNG state is untouched). compile=True (or a
+    mode of COMPILE_MODES) runs the decode step through `torch.compile` (compiled once per model,
+    batch, cache length and mode, and reused while the weights are unchanged; see
+    `llmlab.infer.compiled`); decode_fn lets a caller pass its own step instead.
     The cache is set up for this call and cleared after.
     """
     return generate_timed(model, idx, max_new_tokens, use_kv_cache=use_kv_cache, temperature=temperature,
@@ -108,12 +121,13 @@ def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, use_kv_cache: b
 @torch.no_grad()
 def generate_timed(model: GPT, idx: torch.Tensor, max_new_tokens: int, use_kv_cache: bool = True,
                    temperature: float = 0.0, top_k: int | None = None, seed: int | None = None,
-                   decode_fn: DecodeFn | None = None, compile: bool = False
+                   decode_fn: DecodeFn | None = None, compile: bool | str = False
                    ) -> tuple[torch.Tensor, GenerationTimes]:
     """`generate`, returning also its prefill / decode / compile seconds (see GenerationTimes)."""
     check_lengths(model, idx, max_new_tokens)
     check_sampling(temperature, top_k)
-    if compile and (decode_fn is not None or not use_kv_cache):
+    mode = check_compile(compile)
+    if mode and (decode_fn is not None or not use_kv_cache):
         raise ConfigError("compile=True compiles the cached decode step: it needs use_kv_cache=True and no decode_fn")
     generator = None
     if seed is not None:
@@ -122,13 +136,14 @@ def generate_timed(model: GPT, idx: torch.Tensor, max_new_tokens: int, use_kv_ca
     if not use_kv_cache:
         return _generate_uncached(model, idx, max_new_tokens, pick)
     B, T = idx.shape
-    model.setup_kv_cache(B, T + max_new_tokens)
     try:
         compile_s = None
-        if compile:
+        if mode:
             from llmlab.infer.compiled import compiled_decode_step  # compiled imports this module
 
-            decode_fn, compile_s = compiled_decode_step(model, B, T + max_new_tokens, warm_pos=T)
+            decode_fn, compile_s = compiled_decode_step(model, B, T + max_new_tokens, warm_pos=T, mode=mode)
+        else:
+            model.setup_kv_cache(B, T + max_new_tokens)
         return _generate_cached(model, idx, max_new_tokens, pick, decode_fn or decode_step, compile_s)
     finally:
         model.clear_kv_cache()

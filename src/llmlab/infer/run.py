@@ -10,7 +10,7 @@ import torch
 from llmlab.config import load_model_config
 from llmlab.device import resolve_dtype
 from llmlab.errors import ConfigError
-from llmlab.infer.generate import generate_timed
+from llmlab.infer.generate import check_compile, generate_timed
 from llmlab.model import GPT
 from llmlab.runs import load_for_inference  # a run knows its tokenizer
 
@@ -44,7 +44,7 @@ def load_source(source: str, overrides: list[str], device: str, seed: int, dtype
 
 def generate_from_source(source: str, *, prompt: str | None, prompt_ids: str | None, max_new_tokens: int,
                          use_kv_cache: bool, temperature: float, top_k: int | None, seed: int,
-                         batch_size: int = 1, device: str = "cpu", dtype: str = "auto", compile: bool = False,
+                         batch_size: int = 1, device: str = "cpu", dtype: str = "auto", compile: bool | str = False,
                          overrides: list[str] = ()) -> dict[str, Any]:
     model, tokenizer = load_source(source, list(overrides), device, seed, dtype)
     vocab = model.config.vocab_size
@@ -73,5 +73,6 @@ def generate_from_source(source: str, *, prompt: str | None, prompt_ids: str | N
         "decode_tokens_per_s": times.decode_tokens_per_s if times.decode_tokens else None,
         "compile_s": times.compile_s,
         "kv_cache": use_kv_cache,
-        "compiled": compile,
+        "compiled": compile is not False,
+        "compile_mode": check_compile(compile),
     }

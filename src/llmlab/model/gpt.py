@@ -84,9 +84,6 @@ class GPT(nn.Module):
             cos, sin = rope_cache(cfg.max_seq_len, cfg.head_dim, cfg.rope_theta)
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
-        # Key positions 0..S-1 of the cache, by setup_kv_cache: the mask row of a query at position p
-        # is key_pos <= p, built per call, so no (S, S) mask sits in memory beside the KV cache.
-        self.register_buffer("key_pos", None, persistent=False)  # (S,) int64
 
     # -- initialisation ---------------------------------------------------------------------
 
@@ -134,8 +131,8 @@ class GPT(nn.Module):
         x = self.drop(x)
         rope = (self.rope_cos[pos], self.rope_sin[pos]) if self.config.pos == "rope" else None
         mask = None
-        if self.key_pos is not None and input_pos is not None:
-            mask = self.key_pos[None, :] <= input_pos[:, None]  # (T, S): query at p sees keys 0..p
+        if self.kv_cache is not None and input_pos is not None:
+            mask = self.kv_cache.mask(input_pos)  # (T, S): query at p sees keys 0..p; shared by all layers
         aux_loss = x.new_zeros((), dtype=torch.float32)
         stats: list[dict[str, torch.Tensor]] = []
         for block in self.blocks:
@@ -162,15 +159,22 @@ class GPT(nn.Module):
             raise ValueError(f"KV cache length ({S}) must not exceed model.max_seq_len ({cfg.max_seq_len})")
         ref = self.lm_head.weight
         dtype = dtype or ref.dtype
-        for block in self.blocks:
-            block.attn.kv_cache = KVCache(batch_size, cfg.n_kv_heads, S, cfg.head_dim, dtype, ref.device)
-        self.key_pos = torch.arange(S, device=ref.device)
+        self.install_kv_caches([KVCache(batch_size, cfg.n_kv_heads, S, cfg.head_dim, dtype, ref.device)
+                                for _ in self.blocks])
+
+    def install_kv_caches(self, caches: list[KVCache]) -> None:
+        """Attach existing caches, one per layer, zeroed. A compiled decode step keeps its own, so
+        that every generation reuses the same buffers (a CUDA graph replays fixed addresses)."""
+        if len(caches) != len(self.blocks):
+            raise ValueError(f"{len(caches)} KV caches for {len(self.blocks)} layers")
+        for block, cache in zip(self.blocks, caches):
+            cache.reset()
+            block.attn.kv_cache = cache
 
     def clear_kv_cache(self) -> None:
         """Free the caches; forward then runs without one (training never touches the cache)."""
         for block in self.blocks:
             block.attn.kv_cache = None
-        self.key_pos = None
 
     @property
     def kv_cache(self) -> KVCache | None:

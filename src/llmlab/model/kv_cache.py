@@ -23,6 +23,9 @@ class KVCache(nn.Module):
         # Non-persistent: a cache is inference state, never saved with the weights.
         self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        # Each slot's position 0..S-1: the mask row of a query at position p is pos <= p, built per
+        # call, so no (S, S) mask sits in memory beside the cache.
+        self.register_buffer("pos", torch.arange(max_seq_len, device=device), persistent=False)
 
     def update(self, input_pos: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -30,6 +33,10 @@ class KVCache(nn.Module):
         self.k.index_copy_(2, input_pos, k_new.to(self.k.dtype))
         self.v.index_copy_(2, input_pos, v_new.to(self.v.dtype))
         return self.k, self.v
+
+    def mask(self, input_pos: torch.Tensor) -> torch.Tensor:
+        """(T, S) bool: the query at input_pos[t] sees the slots at positions 0..input_pos[t]."""
+        return self.pos[None, :] <= input_pos[:, None]
 
     def reset(self) -> None:
         self.k.zero_()
