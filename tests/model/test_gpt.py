@@ -51,6 +51,28 @@ def test_cached_decode_equals_full_forward(n_kv_heads: int, pos: str) -> None:
 
 
 @pytest.mark.parametrize("n_kv_heads", KV_HEADS)
+def test_prefill_over_its_own_slots_equals_the_whole_cache(n_kv_heads: int) -> None:
+    """kv_len=T (a prompt from position 0) reads T slots instead of S: the same logits and the same
+    cache as attending over the whole (masked) cache, then decoding goes on identically."""
+    model = build(tiny(n_kv_heads=n_kv_heads))
+    idx = torch.randint(0, 97, (2, 12))
+    runs = []
+    for kv_len in (None, 10):
+        model.setup_kv_cache(2, 32)
+        logits = [model(idx[:, :10], input_pos=torch.arange(10), kv_len=kv_len).logits]
+        logits.append(model(idx[:, 10:11], input_pos=torch.tensor([10])).logits)
+        runs.append((torch.cat(logits, 1), model.kv_cache.k.clone()))
+    assert_close(runs[1][0], runs[0][0], atol=1e-6, rtol=1e-6)
+    assert_close(runs[1][1], runs[0][1], atol=0, rtol=0)
+    for bad in (9, 33):  # fewer slots than tokens; more than the cache holds
+        with pytest.raises(ValueError, match="kv_len"):
+            model(idx[:, :10], input_pos=torch.arange(10), kv_len=bad)
+    model.clear_kv_cache()
+    with pytest.raises(ValueError, match="needs a KV cache"):
+        model(idx, kv_len=12)
+
+
+@pytest.mark.parametrize("n_kv_heads", KV_HEADS)
 def test_greedy_generation_same_with_and_without_cache(n_kv_heads: int) -> None:
     model = build(tiny(n_kv_heads=n_kv_heads, n_layers=3), seed=1)
     with torch.no_grad():  # sharpen the random model so greedy choices are not near-ties

@@ -72,8 +72,8 @@ class GenerateSpec:
     """Tokens generated at each point: the first ends prefill (time to first token), the rest are
     decode. new_tokens < every context <= every variant's max_seq_len."""
     compile: bool | str = "auto"
-    """Also time a torch.compile'd decode step: true | false | "auto" (on CUDA only: on a CPU at
-    small sizes compiling does not pay; see configs/campaigns/demo.toml)."""
+    """Also time a torch.compile'd decode step: true | false | "auto" (on CUDA only: on a CPU one
+    compilation per (context, batch) point takes 6-16 s, longer than the sweep's decoding)."""
     repeats: int = 3
     """Interleaved repeats per case; the median is reported."""
     prompt: str = "The "

@@ -66,9 +66,11 @@ def decode_step(model: GPT, token: torch.Tensor, input_pos: torch.Tensor) -> tor
 
 
 def prefill(model: GPT, idx: torch.Tensor) -> torch.Tensor:
-    """Write the prompt (B, T) into the cache; return the last position's logits (B, V)."""
-    input_pos = torch.arange(idx.shape[1], device=idx.device)
-    return model(idx, input_pos=input_pos, logits_to_keep=1).logits[:, -1]
+    """Write the prompt (B, T) into the cache; return the last position's logits (B, V). The prompt
+    starts at position 0, so it attends over its own T slots only (kv_len), not the whole cache."""
+    T = idx.shape[1]
+    input_pos = torch.arange(T, device=idx.device)
+    return model(idx, input_pos=input_pos, logits_to_keep=1, kv_len=T).logits[:, -1]
 
 
 def check_lengths(model: GPT, idx: torch.Tensor, max_new_tokens: int) -> None:

@@ -117,13 +117,21 @@ class GPT(nn.Module):
     # -- forward ----------------------------------------------------------------------------
 
     def forward(self, idx: torch.Tensor, input_pos: torch.Tensor | None = None,
-                logits_to_keep: int = 0) -> GPTOutput:
+                logits_to_keep: int = 0, kv_len: int | None = None) -> GPTOutput:
         """idx (B, T) token ids. input_pos (T,) = their positions; required with a KV cache
         (prefill: arange(T); decode: the current position), else positions are 0..T-1.
         logits_to_keep = n > 0: the final norm and output head run on the last n positions only
         (logits (B, n, V)); generation needs only the last one, and the head is the largest matmul
-        at a small width (HF's argument of the same name). 0 = every position."""
+        at a small width (HF's argument of the same name). 0 = every position.
+        kv_len (with a KV cache): attend over the first kv_len cache slots only; every position in
+        input_pos must be below it. A prompt prefilled from position 0 passes T: its keys are the
+        prompt's, so attention is (T, T) instead of (T, S). None = the whole cache, one shape at
+        every position (what a compiled decode step needs); litgpt's `input_pos_maxp1` does the same."""
         B, T = idx.shape
+        if kv_len is not None and (self.kv_cache is None or input_pos is None
+                                   or not T <= kv_len <= self.kv_cache.max_seq_len):
+            raise ValueError(f"kv_len ({kv_len}) needs a KV cache, input_pos, and T ({T}) <= kv_len <= the "
+                             f"cache length")
         pos = input_pos if input_pos is not None else torch.arange(T, device=idx.device)
         x = self.tok_emb(idx)  # (B, T, D)
         if self.pos_emb is not None:
@@ -133,6 +141,8 @@ class GPT(nn.Module):
         mask = None
         if self.kv_cache is not None and input_pos is not None:
             mask = self.kv_cache.mask(input_pos)  # (T, S): query at p sees keys 0..p; shared by all layers
+            if kv_len is not None:
+                mask = mask[:, :kv_len]  # (T, kv_len): attention reads only these slots
         aux_loss = x.new_zeros((), dtype=torch.float32)
         stats: list[dict[str, torch.Tensor]] = []
         for block in self.blocks:
