@@ -41,10 +41,12 @@ def test_ratios_compare_batch_one_decode_rows() -> None:
     rows = [{"impl": i, "mode": m, "batch_size": b, "decode_tokens_per_s": t} for i, m, b, t in [
         ("llmlab", "kv cache, eager", 1, 300.0), ("llmlab", "no cache, eager", 1, 30.0),
         ("llmlab", "kv cache, compiled", 1, 600.0), ("hf-transformers", "kv cache, eager", 1, 200.0),
-        ("hf-transformers", "no cache, eager", 1, 40.0), ("llmlab", "kv cache, eager", 8, 1000.0)]]
+        ("hf-transformers", "no cache, eager", 1, 40.0), ("llmlab", "kv cache, eager", 8, 1000.0),
+        ("llmlab", "kv cache, compiled, max-autotune", 1, 900.0)]]
     assert ratios(rows) == pytest.approx({
         "llmlab_cache_speedup": 10.0, "hf_cache_speedup": 5.0, "llmlab_vs_hf_no_cache": 0.75,
-        "llmlab_vs_hf_cached": 1.5, "compiled_vs_hf_cached": 3.0, "compiled_vs_eager_cached": 2.0})
+        "llmlab_vs_hf_cached": 1.5, "compiled_vs_hf_cached": 3.0, "compiled_vs_eager_cached": 2.0,
+        "autotuned_vs_hf_cached": 4.5, "autotuned_vs_eager_cached": 3.0})
 
 
 def test_read_bandwidth_is_a_plausible_rate() -> None:
