@@ -70,3 +70,18 @@ def test_max_autotune_decode_gives_eager_tokens() -> None:
     idx = torch.randint(0, 97, (2, 6))
     tuned, times = generate_timed(model, idx, 24, compile="max-autotune")
     assert torch.equal(tuned, generate(model, idx, 24)) and times.compile_s > 0
+
+
+def test_a_moe_dispatch_that_cannot_compile_is_refused_in_one_line() -> None:
+    """grouped dispatch compiles in bf16 only: refused before any work, with the decoding fixes."""
+    from llmlab.errors import ConfigError
+    from llmlab.model import GPT
+
+    from inferkit import tiny
+
+    cfg = tiny("moe")
+    cfg.moe.dispatch = "grouped"
+    model = GPT(cfg).eval()
+    with pytest.raises(ConfigError, match=r"compiles only in bf16 .* not float32: decode without compile"):
+        generate(model, torch.zeros(1, 3, dtype=torch.long), 4, compile=True)
+    assert model.kv_cache is None

@@ -37,6 +37,12 @@ def test_bad_sampling_flags_exit_2_in_one_line(flags: list[str], message: str) -
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
+def test_set_with_a_run_directory_is_refused(tmp_path, capsys: pytest.CaptureFixture) -> None:
+    """A run's model is the one it trained: --set is refused, not silently ignored."""
+    assert main(["generate", str(tmp_path), "--prompt-ids", "1", "--set", "model.n_layers=1"]) == 2
+    assert "--set applies to a config file" in capsys.readouterr().err
+
+
 def test_generate_compile_reports_compile_time_apart_and_eager_tokens(capsys: pytest.CaptureFixture) -> None:
     small = ["--set", "model.n_layers=1", "--set", "model.vocab_size=512", "--json"]
     ids = {}

@@ -41,6 +41,7 @@ import torch._inductor.config
 from llmlab.infer.generate import DecodeFn, check_compile, decode_step
 from llmlab.model import GPT
 from llmlab.model.kv_cache import KVCache
+from llmlab.model.moe import check_compilable
 
 @dataclass
 class CompiledStep:
@@ -89,6 +90,7 @@ def compiled_decode_step(model: GPT, batch_size: int, cache_len: int, warm_pos: 
     if found is not None and found.weights == weights_stamp(model):
         model.install_kv_caches(found.caches)
         return found.step, None
+    check_compilable(model.config.moe, compile=True, dtype=dtype, use="decode")  # one line, before any work
     steps.pop(key, None)  # stale frozen weights: free them before compiling again
     model.setup_kv_cache(batch_size, cache_len)
     kwargs, inductor = settings(device, mode)

@@ -35,6 +35,9 @@ def load_source(source: str, overrides: list[str], device: str, seed: int, dtype
     if not path.exists():
         raise ConfigError(f"{source}: no such run directory or config file")
     if path.is_dir():
+        if overrides:
+            raise ConfigError(f"--set applies to a config file; {source} is a run directory, whose model is "
+                              "the one it trained: drop --set")
         model, tokenizer = load_for_inference(path, device=device)
     else:
         torch.manual_seed(seed)

@@ -329,20 +329,28 @@ CAPACITY_ADVICE = (
 )
 
 
-def check_compilable(cfg: MoEConfig | None, *, compile: bool, dtype: torch.dtype | None) -> None:
+COMPILE_FIXES = {
+    "train": ("set train.compile = false", "train in bf16 (autocast on a GPU)"),
+    "decode": ("decode without compile (drop --compile)", "decode in bf16 (--dtype bf16)"),
+}
+"""What to do instead, per use: (not compiling, compiling in bf16)."""
+
+
+def check_compilable(cfg: MoEConfig | None, *, compile: bool, dtype: torch.dtype | None, use: str = "train") -> None:
     """A ConfigError, before any work, for a MoE that torch.compile cannot trace: `loop` (data-dependent
     shapes) at all, `grouped` in another dtype than bf16 (torch._grouped_mm's meta kernel takes bf16
-    only). `dtype`: the compute dtype (the autocast dtype, else None or fp32)."""
+    only). `dtype`: the compute dtype (the autocast dtype, else None or fp32). `use`: "train" or
+    "decode", for the fix the message proposes."""
     if cfg is None or not compile:
         return
+    eager, bf16 = COMPILE_FIXES[use]
     if cfg.dispatch == "loop":
-        raise ConfigError("model.moe.dispatch = 'loop' is eager only (data-dependent shapes): set "
-                          "train.compile = false, or use dispatch = 'grouped' or 'capacity'")
+        raise ConfigError(f"model.moe.dispatch = 'loop' is eager only (data-dependent shapes): {eager}, "
+                          "or use dispatch = 'grouped' or 'capacity'")
     if cfg.dispatch == "grouped" and dtype != torch.bfloat16:
         name = str(dtype or torch.float32).removeprefix("torch.")
         raise ConfigError(f"model.moe.dispatch = 'grouped' compiles only in bf16 (torch._grouped_mm), not {name}: "
-                          "set train.compile = false, train in bf16 (autocast on a GPU), or use "
-                          "dispatch = 'capacity' (compiles in any dtype)")
+                          f"{eager}, {bf16}, or use dispatch = 'capacity' (compiles in any dtype)")
 
 
 def dispatch_advice(cfg: MoEConfig | None, device: torch.device | str, *, compile: bool = False,
