@@ -74,13 +74,19 @@ def test_generate_with_and_without_cache_on_cuda() -> None:
 
 @pytest.mark.parametrize("config", ["tiny", "tiny-moe"])
 def test_cuda_graph_decode_gives_eager_tokens(config: str) -> None:
-    """generate(compile=True) on CUDA replays the decode step as a CUDA graph: same greedy tokens."""
+    """generate(compile=True) on CUDA replays the decode step as a CUDA graph: same greedy tokens,
+    and no silent fallback (inductor skips CUDA graphs, e.g. for a mutated input it does not treat
+    as static, with only a log line: its counter must stay at zero)."""
+    from torch._dynamo.utils import counters
+
+    counters.clear()
     torch.manual_seed(0)
     model = GPT(load_model_config(f"configs/models/{config}.toml")).cuda().to(torch.bfloat16).eval()
     idx = torch.randint(0, 1000, (2, 8), device="cuda")
     eager = generate(model, idx, 32)
     assert torch.equal(generate(model, idx, 32, compile=True), eager)
     assert torch.equal(generate(model, idx, 32, compile=True), eager)  # the cached graph, replayed
+    assert counters["inductor"]["cudagraph_skips"] == 0, "decode ran without CUDA graphs"
 
 
 @pytest.mark.parametrize("config", ["tiny-gqa", "tiny-moe"])
