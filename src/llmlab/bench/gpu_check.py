@@ -137,6 +137,8 @@ def train_rate(run_config: str, p: Plan, overrides: list[str] = ()) -> dict[str,
 
 def decode_rates(p: Plan) -> list[dict[str, Any]]:
     """Eager vs compiled (CUDA graphs on a GPU) cached decode of each model, per batch size."""
+    from torch._dynamo.utils import counters
+
     from llmlab.config import load_model_config
     from llmlab.device import resolve_dtype
     from llmlab.infer.measure import measure_decode
@@ -148,6 +150,7 @@ def decode_rates(p: Plan) -> list[dict[str, Any]]:
         cfg = load_model_config(f"configs/models/{model_name}.toml", p.overrides(name))
         model = GPT(cfg).to(p.device).to(resolve_dtype(p.dtype, p.device)).eval()
         for batch in p.decode_batches:
+            skips = counters["inductor"]["cudagraph_skips"]
             out = measure_decode(model, batch_size=batch, context=p.context, new_tokens=p.new_tokens,
                                  cases=("kv_cache", "compiled"), repeats=p.decode_repeats)
             eager, compiled = out["kv_cache"], out["compiled"]
@@ -155,7 +158,9 @@ def decode_rates(p: Plan) -> list[dict[str, Any]]:
                          "compiled_tokens_per_s": compiled["decode_tokens_per_s"],
                          "speedup": compiled["decode_tokens_per_s"] / eager["decode_tokens_per_s"],
                          "prefill_ms": eager["prefill_s"] * 1e3, "compile_s": compiled.get("compile_s"),
-                         "same_tokens": compiled["same_tokens_as_kv_cache"]})
+                         "same_tokens": compiled["same_tokens_as_kv_cache"],
+                         # inductor falls back from CUDA graphs with only a log line: count it
+                         "cudagraph_skips": counters["inductor"]["cudagraph_skips"] - skips})
         del model
     return rows
 
