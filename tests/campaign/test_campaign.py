@@ -127,6 +127,29 @@ def test_generate_spec_is_validated(tmp_path: Path) -> None:
         load_campaign(write_campaign(tmp_path, "[generate]\ncontexts = [16]\nnew_tokens = 16\n" + variant))
     with pytest.raises(ConfigError, match="batch_sizes must be a non-empty list"):
         load_campaign(write_campaign(tmp_path, "[generate]\nbatch_sizes = []\n" + variant))
+    with pytest.raises(ConfigError, match='generate.compile must be true, false, "auto" or "max-autotune"'):
+        load_campaign(write_campaign(tmp_path, '[generate]\ncompile = "fast"\n' + variant))
+
+
+@pytest.mark.parametrize("compile,device,cases,mode", [
+    ("auto", "cpu", ["kv_cache", "no_cache"], None),
+    ("auto", "cuda", ["kv_cache", "no_cache", "compiled"], "default"),
+    ("max-autotune", "cpu", ["kv_cache", "no_cache", "compiled"], "max-autotune"),
+])
+def test_compile_mode_is_part_of_the_measurement_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      compile: str, device: str, cases: list, mode: str | None
+                                                      ) -> None:
+    """infer.json is measured again when the compiled case's mode changes (its figures depend on it);
+    a sweep without a compiled case records no mode, so older records stay valid."""
+    import torch
+
+    import llmlab.campaign.run as run
+
+    variant = f'[[variant]]\nname = "a"\ninclude = "{REPO}/configs/models/tiny.toml"\n'
+    campaign = load_campaign(write_campaign(tmp_path, f'[generate]\ncompile = "{compile}"\n' + variant))
+    monkeypatch.setattr(run, "_device", lambda variant: torch.device(device))
+    spec = run.measurement_spec(campaign.generate, campaign.variants[0], "sha")
+    assert spec["cases"] == cases and spec.get("compile_mode") == mode
 
 
 def fake_run(run_dir: Path, val: float, moe: bool, kv_heads: int = 4) -> None:

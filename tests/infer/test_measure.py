@@ -49,3 +49,21 @@ def test_bad_measurement_arguments_are_config_errors(kwargs: dict, message: str)
     kwargs = {"batch_size": 1, **kwargs}
     with pytest.raises(ConfigError, match=message):
         measure_decode(model(), **kwargs)
+
+
+def test_the_compiled_case_runs_the_compile_mode_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    import llmlab.infer.measure as measure
+
+    seen = []
+    real = measure.generate_timed
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["compile"])
+        return real(*args, **{**kwargs, "compile": False})  # the mode reaches generate; no compile here
+
+    monkeypatch.setattr(measure, "generate_timed", spy)
+    measure_decode(model(), batch_size=1, context=12, new_tokens=4, cases=("kv_cache", "compiled"), repeats=1,
+                   compile_mode="max-autotune")
+    assert set(seen) == {False, "max-autotune"}
+    with pytest.raises(ConfigError, match="compile must be"):
+        measure_decode(model(), batch_size=1, context=12, new_tokens=4, compile_mode="fast")

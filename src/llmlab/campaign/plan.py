@@ -14,7 +14,7 @@ fraction = 0.5                            # share of the budget each sweep run t
 contexts = [64, 192]                      # sequence length at the last decoded token
 batch_sizes = [1, 8]
 new_tokens = 32                           # decode steps timed at each point
-compile = "auto"                          # compiled decode too: auto = on CUDA only
+compile = "auto"                          # compiled decode too: auto = on CUDA only; "max-autotune" = everywhere
 prompt = "def "                           # the sample printed in the report
 max_new_tokens = 64
 
@@ -73,7 +73,9 @@ class GenerateSpec:
     decode. new_tokens < every context <= every variant's max_seq_len."""
     compile: bool | str = "auto"
     """Also time a torch.compile'd decode step: true | false | "auto" (on CUDA only: on a CPU one
-    compilation per (context, batch) point takes 6-16 s, longer than the sweep's decoding)."""
+    compilation per (context, batch) point takes 6-16 s, longer than the sweep's decoding) |
+    "max-autotune" (on every device, also choosing the fastest kernel per matmul shape: the fastest
+    CPU decoding, for a longer compile)."""
     repeats: int = 3
     """Interleaved repeats per case; the median is reported."""
     prompt: str = "The "
@@ -88,11 +90,16 @@ class GenerateSpec:
         for name in ("new_tokens", "repeats", "max_new_tokens"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"generate.{name} must be a positive integer; got {getattr(self, name)!r}")
-        if self.compile not in (True, False, "auto"):
-            raise ConfigError(f'generate.compile must be true, false or "auto"; got {self.compile!r}')
+        if self.compile not in (True, False, "auto", "max-autotune"):
+            raise ConfigError(f'generate.compile must be true, false, "auto" or "max-autotune"; got {self.compile!r}')
 
     def compiled_on(self, device_type: str) -> bool:
         return device_type == "cuda" if self.compile == "auto" else bool(self.compile)
+
+    @property
+    def compile_mode(self) -> str:
+        """The compiled case's mode (llmlab.config.COMPILE_MODES)."""
+        return "max-autotune" if self.compile == "max-autotune" else "default"
 
 
 @dataclass

@@ -136,13 +136,17 @@ def _measure(run_dir: Path, spec: GenerateSpec, variant: Variant, config_sha: st
 def measurement_spec(spec: GenerateSpec, variant: Variant, config_sha: str) -> dict[str, Any]:
     """What an infer.json's figures depend on: the sweep, the device, dtype and threads, the weights."""
     device = _device(variant)
-    return {
+    cases = _cases(spec, device)
+    out = {
         "contexts": spec.contexts, "batch_sizes": spec.batch_sizes, "new_tokens": spec.new_tokens,
-        "repeats": spec.repeats, "cases": list(_cases(spec, device)), "prompt": spec.prompt,
+        "repeats": spec.repeats, "cases": list(cases), "prompt": spec.prompt,
         "max_new_tokens": spec.max_new_tokens, "device": str(device),
         "dtype": str(resolve_dtype("auto", device)).removeprefix("torch."),
         "threads": torch.get_num_threads(), "config_sha256": config_sha,
     }
+    if "compiled" in cases:
+        out["compile_mode"] = spec.compile_mode
+    return out
 
 
 def measure_generation(run_dir: Path, spec: GenerateSpec, variant: Variant) -> dict[str, Any]:
@@ -157,7 +161,7 @@ def measure_generation(run_dir: Path, spec: GenerateSpec, variant: Variant) -> d
         for batch in spec.batch_sizes:
             print(f"   decode: context {context}, batch {batch}, {', '.join(cases)}", flush=True)
             figures = measure_decode(model, batch_size=batch, context=context, new_tokens=spec.new_tokens,
-                                     cases=cases, repeats=spec.repeats)
+                                     cases=cases, repeats=spec.repeats, compile_mode=spec.compile_mode)
             points.append({"context": context, "batch_size": batch, "cases": figures})
     head = headline(points)
     prompt = torch.tensor([tokenizer.encode(spec.prompt)], device=device)

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable
 import torch
 
 from llmlab.errors import ConfigError
-from llmlab.infer.generate import GenerationTimes, generate_timed
+from llmlab.infer.generate import GenerationTimes, check_compile, generate_timed
 from llmlab.model import GPT
 
 CASES = ("kv_cache", "no_cache", "compiled")
@@ -23,11 +23,11 @@ CASES = ("kv_cache", "no_cache", "compiled")
 (the head on the last position only: equal work); compiled: the cached decode step compiled."""
 
 
-def case_kwargs(case: str) -> dict[str, Any]:
-    """`generate` keyword arguments of a case name."""
+def case_kwargs(case: str, compile_mode: str = "default") -> dict[str, Any]:
+    """`generate` keyword arguments of a case name (compile_mode: the compiled case's mode)."""
     if case not in CASES:
         raise ConfigError(f"unknown decode case {case!r}; choose from {', '.join(CASES)}")
-    return {"use_kv_cache": case != "no_cache", "compile": case == "compiled"}
+    return {"use_kv_cache": case != "no_cache", "compile": compile_mode if case == "compiled" else False}
 
 
 def random_prompt(vocab_size: int, batch_size: int, length: int, device: torch.device | str, seed: int
@@ -39,7 +39,8 @@ def random_prompt(vocab_size: int, batch_size: int, length: int, device: torch.d
 
 def measure_decode(model: GPT, *, batch_size: int, context: int, new_tokens: int,
                    cases: Iterable[str] = CASES, repeats: int = 3, seed: int = 0,
-                   prompt: torch.Tensor | None = None) -> dict[str, dict[str, Any]]:
+                   prompt: torch.Tensor | None = None, compile_mode: str = "default"
+                   ) -> dict[str, dict[str, Any]]:
     """Greedy generation timed per case; returns {case: figures}.
 
     Contract:
@@ -48,6 +49,7 @@ def measure_decode(model: GPT, *, batch_size: int, context: int, new_tokens: int
       `new_tokens` tokens, so the KV cache holds `context` positions and the last token is decoded
       at position context - 1. Needs 1 <= new_tokens < context <= model.config.max_seq_len.
     - Runs on the model's device and dtype, in eval mode, under `torch.no_grad`.
+    - `compiled` runs `generate(compile=compile_mode)` ("default" or "max-autotune").
     - Each case gets one untimed warm-up call (it compiles the `compiled` case: compile_s), then
       `repeats` timed calls, interleaved round-robin across cases; figures are medians.
     - Figures per case: prefill_s (prompt forward + first token = time to first token), decode_s
@@ -61,6 +63,7 @@ def measure_decode(model: GPT, *, batch_size: int, context: int, new_tokens: int
     cases = tuple(cases)
     for case in cases:
         case_kwargs(case)
+    check_compile(compile_mode)
     if not 1 <= new_tokens < context <= model.config.max_seq_len:
         raise ConfigError(f"need 1 <= new_tokens ({new_tokens}) < context ({context}) <= "
                           f"model.max_seq_len ({model.config.max_seq_len})")
@@ -72,7 +75,7 @@ def measure_decode(model: GPT, *, batch_size: int, context: int, new_tokens: int
     elif tuple(prompt.shape) != (batch_size, context - new_tokens):
         raise ConfigError(f"prompt shape {tuple(prompt.shape)} != (batch_size, context - new_tokens)")
     model.eval()
-    runs = {case: functools.partial(generate_timed, model, prompt, new_tokens, **case_kwargs(case))
+    runs = {case: functools.partial(generate_timed, model, prompt, new_tokens, **case_kwargs(case, compile_mode))
             for case in cases}
     out, ids = time_interleaved(runs, repeats)
     if "kv_cache" in cases:
