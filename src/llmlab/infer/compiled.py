@@ -11,11 +11,11 @@ What the compiler is asked for depends on the device (`settings`):
   each compiled step owns its KV cache and every `generate` call reuses it (a fresh cache per call
   would re-record the graph).
 - CPU: inductor's fused C++ kernels remove eager PyTorch's per-op dispatch, and weight *freezing*
-  folds the weights into the graph as constants, prepacked for oneDNN's matmuls: at batch 1 a
-  decode step is a chain of matrix-vector products, and on this project's CPU prepacking took a
-  d=256 step from 1.8-2.0 ms to 1.1-1.7 ms. "max-autotune" also benchmarks inductor's C++ GEMM
-  templates against the library kernels for each matmul shape and keeps the fastest (0.6-1.0 ms;
-  compiling costs 36 s cold, about 10 s from inductor's on-disk cache, against 16 s / 6 s).
+  folds the weights into the graph as constants, prepacked for the matmul library: at batch 1 a
+  decode step is a chain of matrix-vector products, and how they are done is most of its time.
+  "max-autotune" also times inductor's C++ GEMM templates against the library kernels for each
+  matmul shape and keeps the fastest, for a longer first compile (`llmlab bench infer` measures
+  both; the README gives the figures).
 
 Frozen weights are copies: a step compiled before the weights change would silently decode with the
 old ones. Each step therefore records the parameters' storage and version counters when it is
@@ -42,6 +42,7 @@ from llmlab.infer.generate import DecodeFn, check_compile, decode_step
 from llmlab.model import GPT
 from llmlab.model.kv_cache import KVCache
 from llmlab.model.moe import check_compilable
+
 
 @dataclass
 class CompiledStep:
@@ -71,6 +72,7 @@ def settings(device: torch.device, mode: str = "default") -> tuple[dict[str, Any
 
 
 def weights_stamp(model: GPT) -> tuple[tuple[int, int], ...]:
+    """Each parameter's (storage pointer, version counter): any in-place write or swap changes it."""
     return tuple((p.data_ptr(), p._version) for p in model.parameters())
 
 
