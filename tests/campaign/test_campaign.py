@@ -148,8 +148,10 @@ def test_compile_mode_is_part_of_the_measurement_spec(tmp_path: Path, monkeypatc
     variant = f'[[variant]]\nname = "a"\ninclude = "{REPO}/configs/models/tiny.toml"\n'
     campaign = load_campaign(write_campaign(tmp_path, f'[generate]\ncompile = "{compile}"\n' + variant))
     monkeypatch.setattr(run, "_device", lambda variant: torch.device(device))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Some GPU")
     spec = run.measurement_spec(campaign.generate, campaign.variants[0], "sha")
     assert spec["cases"] == cases and spec.get("compile_mode") == mode
+    assert spec["torch"] == torch.__version__ and spec.get("gpu") == ("Some GPU" if device == "cuda" else None)
 
 
 def fake_run(run_dir: Path, val: float, moe: bool, kv_heads: int = 4) -> None:
@@ -310,6 +312,12 @@ def test_campaign_runs_end_to_end_and_keeps_its_records_honest(tmp_path: Path, m
                                               rf"now says {new}.*--retrain 'mha'"):
             run_campaign(load_campaign(path), out)
         assert (out / "campaign.json").read_text() == record  # never rewritten to describe other runs
+    # A sweep added afterwards trains and picks another rate than the seed runs were trained at:
+    # they are refused, and campaign.json still describes them.
+    path.write_text(mini.replace('name = "mini"', 'name = "mini"\n[sweep]\nlr = [1e-4, 3e-3]\nfraction = 0.5', 1))
+    with pytest.raises(ConfigError, match=r"was run with train.lr = 0.0006"):
+        run_campaign(load_campaign(path), out)
+    assert (out / "campaign.json").read_text() == record
 
     edited = load_campaign(path)  # d_ff 96 for both: retrain only mqa, mha is still refused
     with pytest.raises(ConfigError, match="variant 'mha'"):

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from llmlab.campaign.stats import (NO_DIFFERENCE, ONE_SEED, compare_to_baseline, paired_difference, pooled_std,
+from llmlab.campaign.stats import (NO_DIFFERENCE, ONE_SEED, paired_difference, pooled_std,
                                    resolvable_difference, summarize)
 from llmlab.errors import LLMLabError
 
@@ -83,12 +83,3 @@ def test_summary_and_resolvable_difference_by_hand():
     # pooled over variants of 3 seeds each: √((0.05² + 0.03²) / 2)
     assert pooled_std([s, summarize([1.0, 1.03, 1.06])]) == pytest.approx(math.sqrt((0.05**2 + 0.03**2) / 2))
     assert pooled_std([summarize([1.0])]) is None
-
-
-def test_compare_to_baseline_pairs_every_variant_with_the_baseline():
-    results = {"base": BASELINE, "gqa": {0: 2.00, 1: 2.10, 2: 2.05}, "moe": {0: 2.00, 1: 2.20, 2: 2.10}}
-    out = compare_to_baseline(results, "base")
-    assert list(out) == ["gqa", "moe"]
-    assert (out["gqa"].verdict, out["moe"].verdict) == ("better", NO_DIFFERENCE)
-    with pytest.raises(LLMLabError, match="baseline 'dense' has no results"):
-        compare_to_baseline(results, "dense")

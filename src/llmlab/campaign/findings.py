@@ -105,7 +105,7 @@ def noise_finding(records: list[VariantRecord]) -> str:
     return (f"- **Seed noise**: the seed standard deviation of the final test loss, pooled over variants, is "
             f"{noise['std']:.4f} nats/token; with {noise['n']} seeds, differences between two variants' means "
             f"below about {noise['resolvable']:.4f} cannot be told from seed noise (unpaired t half-width; "
-            "pairing by seed can resolve less).")
+            "pairing by seed can resolve smaller differences).")
 
 
 def findings(records: list[VariantRecord], memory: list[dict[str, Any]]) -> str:

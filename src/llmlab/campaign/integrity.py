@@ -18,6 +18,7 @@ from typing import Any
 
 from llmlab.campaign.plan import Campaign, flatten
 from llmlab.config import DataConfig, RunConfig
+from llmlab.device import resolve_device, resolve_dtype
 from llmlab.errors import ConfigError
 from llmlab.runs import read_json, write_json
 
@@ -44,8 +45,13 @@ def data_identity(data: DataConfig) -> dict[str, Any]:
 
 
 def fingerprint(cfg: RunConfig, data: dict[str, Any]) -> dict[str, Any]:
-    """{"fields": {dotted key: value}, "sha256": ...} of a resolved config and its data identity."""
-    fields = {k: v for k, v in flatten(cfg.to_dict()).items() if k not in IGNORED_KEYS} | data
+    """{"fields": {dotted key: value}, "sha256": ...} of a resolved config and its data identity.
+    train.device and train.dtype are resolved ("auto" -> cpu / cuda, float32 / bfloat16): a run
+    made on a CPU in fp32 never pairs with one continued on a GPU in bf16."""
+    device = resolve_device(cfg.train.device)
+    resolved = {"train.device": device.type,
+                "train.dtype": str(resolve_dtype(cfg.train.dtype, device)).removeprefix("torch.")}
+    fields = {k: v for k, v in flatten(cfg.to_dict()).items() if k not in IGNORED_KEYS} | resolved | data
     digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
     return {"fields": fields, "sha256": digest}
 

@@ -40,7 +40,9 @@ def run_campaign(campaign: Campaign, out_dir: str | Path, *, retrain: list[str] 
     integrity.reset(integrity.variants_to_retrain(campaign, out, list(retrain)))
     sweep = _prepared(schedule.sweep_runs(campaign), out, identity)
     out.mkdir(parents=True, exist_ok=True)
-    if sweep:  # the sweep's records match: campaign.json may say so (the seed runs are checked next)
+    if sweep and not (out / "campaign.json").exists():
+        # A first run: record the sweep in progress. An existing campaign.json stays as it is until
+        # the seed runs, which need the sweep's choice, are checked against it too.
         write_json(out / "campaign.json", campaign_record(campaign, out, sweep, []))
     outcomes = _train_all(sweep, out, "sweep")
     lrs = chosen_lrs(campaign, out, sweep, outcomes)
@@ -134,7 +136,8 @@ def _measure(run_dir: Path, spec: GenerateSpec, variant: Variant, config_sha: st
 
 
 def measurement_spec(spec: GenerateSpec, variant: Variant, config_sha: str) -> dict[str, Any]:
-    """What an infer.json's figures depend on: the sweep, the device, dtype and threads, the weights."""
+    """What an infer.json's figures depend on: the sweep, the device (its GPU model), dtype, threads
+    and torch version, the weights."""
     device = _device(variant)
     cases = _cases(spec, device)
     out = {
@@ -142,8 +145,10 @@ def measurement_spec(spec: GenerateSpec, variant: Variant, config_sha: str) -> d
         "repeats": spec.repeats, "cases": list(cases), "prompt": spec.prompt,
         "max_new_tokens": spec.max_new_tokens, "device": str(device),
         "dtype": str(resolve_dtype("auto", device)).removeprefix("torch."),
-        "threads": torch.get_num_threads(), "config_sha256": config_sha,
+        "threads": torch.get_num_threads(), "torch": torch.__version__, "config_sha256": config_sha,
     }
+    if device.type == "cuda":
+        out["gpu"] = torch.cuda.get_device_name(device)
     if "compiled" in cases:
         out["compile_mode"] = spec.compile_mode
     return out

@@ -120,16 +120,6 @@ def paired_difference(variant: Mapping[int, float], baseline: Mapping[int, float
                             _verdict(low, high, lower_is_better))
 
 
-def compare_to_baseline(results: Mapping[str, Mapping[int, float]], baseline: str, confidence: float = 0.95,
-                        lower_is_better: bool = True) -> dict[str, PairedDifference]:
-    """{variant: paired_difference(variant, baseline)} for every variant but the baseline, from
-    {variant: {seed: metric}} (e.g. the final test loss of each run)."""
-    if baseline not in results:
-        raise LLMLabError(f"baseline {baseline!r} has no results (variants: {', '.join(results)})")
-    return {name: paired_difference(values, results[baseline], confidence, lower_is_better)
-            for name, values in results.items() if name != baseline}
-
-
 def _verdict(low: float, high: float, lower_is_better: bool) -> str:
     if high < 0:
         return BETTER if lower_is_better else WORSE
@@ -170,5 +160,5 @@ def _check_confidence(confidence: float) -> None:
         raise LLMLabError(f"confidence must be in (0, 1), got {confidence}")
 
 
-__all__ = ["Summary", "PairedDifference", "summarize", "paired_difference", "compare_to_baseline",
+__all__ = ["Summary", "PairedDifference", "summarize", "paired_difference",
            "resolvable_difference", "pooled_std", "BETTER", "WORSE", "NO_DIFFERENCE", "ONE_SEED"]
