@@ -20,21 +20,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import torch._dynamo.utils as dynamo_utils
 import torch._functorch.config
 import torch._inductor.config
 
-from llmlab.audit.dynamic import quiet, train_loss
+from llmlab.audit.dynamic import quiet, recompilations, reset, train_loss
 from llmlab.bench.common import emit_json, environment, print_table
 from llmlab.timing import time_round_robin
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "audit"))
 PAIRS = ("nanogpt", "moe", "stats")
 POSITIONS = 32
-
-
-def _recompiles() -> int:
-    return sum(1 for m in dynamo_utils.get_compilation_metrics() if m.recompile_reason)
 
 
 def _timed(fn: Callable[[], Any]) -> float:
@@ -73,15 +68,14 @@ def measure(name: str, kind: str, backend: str, steps: int, repeats: int) -> dic
     module = __import__(f"{name}_{kind}")
     built = module.build()
     model, idx = built[0], built[1]
-    torch.compiler.reset()
-    dynamo_utils.clear_compilation_metrics()
+    reset()
     row: dict[str, Any] = {"example": f"{name}_{kind}"}
     compiled = train_case(model, idx, backend, 1)
     model.train()
     row["train_compile_s"] = _timed(compiled)
     for _ in range(8):
         compiled()
-    row["train_recompiles"] = _recompiles()
+    row["train_recompiles"] = len(recompilations())
     times, _ = time_round_robin({"compiled": train_case(model, idx, backend, steps),
                                  "eager": train_case(model, idx, None, steps)}, repeats=repeats)
     tokens = idx.numel() * steps
@@ -89,11 +83,10 @@ def measure(name: str, kind: str, backend: str, steps: int, repeats: int) -> dic
     row["train_eager_tok_s"] = [tokens / t for t in times["eager"]]
     if len(built) == 3:
         model.eval()
-        torch.compiler.reset()
-        dynamo_utils.clear_compilation_metrics()
+        reset()
         compiled_decode = decode_case(model, idx, built[2], backend)
         row["decode_compile_s"] = _timed(compiled_decode)
-        row["decode_recompiles"] = _recompiles()
+        row["decode_recompiles"] = len(recompilations())
         times, _ = time_round_robin({"compiled": compiled_decode, "eager": decode_case(model, idx, built[2], None)},
                                     repeats=repeats)
         row["decode_tok_s"] = [idx.shape[0] * POSITIONS / t for t in times["compiled"]]
@@ -105,11 +98,10 @@ def measure(name: str, kind: str, backend: str, steps: int, repeats: int) -> dic
 def _decode_static(model: torch.nn.Module, idx: torch.Tensor, step: Callable, backend: str,
                    repeats: int) -> dict[str, Any]:
     """dynamic=False, as with CUDA graphs (mode="reduce-overhead"): every new shape recompiles."""
-    torch.compiler.reset()
-    dynamo_utils.clear_compilation_metrics()
+    reset()
     case = decode_case(model, idx, step, backend, dynamic=False)
     compile_s = _timed(case)
-    recompiles = _recompiles()
+    recompiles = len(recompilations())
     times, _ = time_round_robin({"static": case}, repeats=repeats)
     return {"decode_static_compile_s": compile_s, "decode_static_recompiles": recompiles,
             "decode_static_tok_s": [idx.shape[0] * POSITIONS / t for t in times["static"]]}

@@ -8,16 +8,12 @@ Shapes: B batch, T tokens, C width, E experts, L layers.
 """
 
 import torch
-from torch import nn
 from torch.nn import functional as F
 
-from tinylm import Config, GatedExperts, example_batch
+from tinylm import Config, FeedForwardLM, GatedExperts, example_batch
 
 
 class SoftMoE(GatedExperts):
-    def __init__(self, cfg: Config):
-        super().__init__(cfg)
-
     def forward(self, x):
         gates = F.softmax(self.router(x), dim=-1)  # (B, T, E)
         load = F.one_hot(gates.argmax(-1), self.n_experts).float().flatten(0, 1).mean(0)  # (E,)
@@ -26,19 +22,14 @@ class SoftMoE(GatedExperts):
         return self.mix(x, gates), {"balance": balance, "load": load.detach()}
 
 
-class StatsLM(nn.Module):
-    def __init__(self, cfg: Config):
-        super().__init__()
-        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
-        self.norms = nn.ModuleList(nn.LayerNorm(cfg.n_embd) for _ in range(cfg.n_layer))
-        self.moes = nn.ModuleList(SoftMoE(cfg) for _ in range(cfg.n_layer))
-        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+class StatsLM(FeedForwardLM):
+    """The flawed example's model (same modules, same state dict); forward also collects statistics."""
 
     def forward(self, idx):
         """-> logits (B, T, V) and statistics stacked over layers: balance (L,), load (L, E)."""
         x = self.wte(idx)
         stats = []
-        for norm, moe in zip(self.norms, self.moes):
+        for norm, moe in zip(self.norms, self.ffns):
             y, s = moe(norm(x))
             x = x + y
             stats.append(s)
@@ -47,4 +38,4 @@ class StatsLM(nn.Module):
 
 def build():
     cfg = Config()
-    return StatsLM(cfg), example_batch(cfg)
+    return StatsLM(cfg, SoftMoE), example_batch(cfg)

@@ -7,7 +7,6 @@ here, only the instrumentation. Shapes: N tokens, C width, E experts.
 """
 
 import torch
-from torch import nn
 from torch.nn import functional as F
 
 from tinylm import Config, FeedForwardLM, GatedExperts, example_batch

@@ -18,7 +18,7 @@ HEADER = "import torch\nfrom torch import nn\nSTATS = []\n\nclass M(nn.Module):\
 
 def findings(tmp_path: Path, forward_body: str, *args: torch.Tensor, calls: int = 1) -> set[tuple[str, str]]:
     """(hazard, stripped source line) for a module whose forward(self, x, pos) is forward_body."""
-    path = tmp_path / f"snippet_{abs(hash(forward_body))}.py"
+    path = tmp_path / "snippet.py"
     body = "\n".join("        " + line for line in forward_body.strip().splitlines())
     path.write_text(HEADER + "\n    def forward(self, x, pos=None):\n" + body + "\n")
     spec = importlib.util.spec_from_file_location(path.stem, path)
@@ -28,7 +28,7 @@ def findings(tmp_path: Path, forward_body: str, *args: torch.Tensor, calls: int 
     cov, model = Coverage(), module.M()
     with torch.no_grad():
         for _ in range(calls):
-            record(cov, "forward", model, *args)
+            record(cov, model, *args)
     lines = path.read_text().splitlines()
     return {(f.hazard, lines[f.line - 1].strip()) for f in scan(cov, set())}
 
@@ -54,6 +54,15 @@ return y
     assert {("item", "n = y.sum().item()"), ("tolist", "rows = y.tolist()"), ("data-dependent-shape", "z = y[keep]"),
             ("data-dependent-shape", "idx = torch.nonzero(y)"), ("tensor-branch", "if y.max() > 1:"),
             ("int-position", "p = int(pos)"), ("print-log", "print(n)"), ("global-state", "STATS.append(n)")} <= found
+
+
+def test_flags_selection_by_a_mask_made_from_a_mask(tmp_path: Path) -> None:
+    assert findings(tmp_path, """
+keep = x > 0
+drop = ~keep
+y = x[drop]
+return y.sum()
+""", X) == {("data-dependent-shape", "y = x[drop]")}
 
 
 def test_flags_a_cache_grown_by_cat_once_the_line_runs(tmp_path: Path) -> None:

@@ -39,17 +39,16 @@ class Coverage:
     """Executed lines and functions of user code, and which arguments arrived as tensors."""
 
     lines: dict[str, set[int]] = dataclasses.field(default_factory=dict)  # file -> line numbers run
-    functions: dict[tuple[str, int], str] = dataclasses.field(default_factory=dict)  # (file, firstline) -> name
+    functions: set[tuple[str, int]] = dataclasses.field(default_factory=set)  # (file, first line)
     tensor_args: dict[tuple[str, int], set[str]] = dataclasses.field(default_factory=dict)
-    roles: dict[tuple[str, int], str] = dataclasses.field(default_factory=dict)  # forward | decode
 
     def ran(self, file: str, first: int, last: int) -> bool:
         done = self.lines.get(file, set())
         return any(n in done for n in range(first, last + 1))
 
 
-def record(cov: Coverage, role: str, fn: Callable[..., Any], *args: Any) -> Any:
-    """Run fn(*args) eagerly, adding the user code it runs to cov (tagged with role)."""
+def record(cov: Coverage, fn: Callable[..., Any], *args: Any) -> Any:
+    """Run fn(*args) eagerly, adding the user code it runs to cov."""
     user_files: dict[str, bool] = {}
 
     def local(frame: types.FrameType, event: str, arg: Any) -> Any:
@@ -65,8 +64,7 @@ def record(cov: Coverage, role: str, fn: Callable[..., Any], *args: Any) -> Any:
         if event != "call" or not user_files[file]:
             return None
         key = (file, code.co_firstlineno)
-        cov.functions[key] = code.co_name
-        cov.roles.setdefault(key, role)
+        cov.functions.add(key)
         names = code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]
         tensors = {n for n in names if isinstance(frame.f_locals.get(n), torch.Tensor)}
         cov.tensor_args.setdefault(key, set()).update(tensors)

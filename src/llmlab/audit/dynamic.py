@@ -193,7 +193,8 @@ def _guard_location(m: Any) -> tuple[str | None, int | None]:
     return None, None
 
 
-def _recompilations() -> list[Event]:
+def recompilations() -> list[Event]:
+    """Recompilations since the last reset(): one per frame compiled again after a guard failed."""
     return _metric_events()[1]
 
 
@@ -204,18 +205,18 @@ def _unique(events: list[Event]) -> list[Event]:
     return list(seen.values())
 
 
-def _fresh_counter(backend: str) -> CompileCounterWithBackend:
+def reset() -> None:
+    """Forget compiled code and compilation metrics: each check (and benchmark case) starts cold
+    and counts only its own recompilations."""
     torch.compiler.reset()
     dynamo_utils.clear_compilation_metrics()
-    return CompileCounterWithBackend(backend)
 
 
 def check_train(t: Target, steps: int) -> list[CheckResult]:
     """Forward + backward + optimizer for `steps` steps at fixed shapes, compiled once with
     ExplainWithBackend("aot_eager"): the first step's graph breaks (with reasons and lines), then
     the compilations over all steps (1 expected)."""
-    torch.compiler.reset()
-    dynamo_utils.clear_compilation_metrics()
+    reset()
     explain = ExplainWithBackend("aot_eager")
     compiled = torch.compile(train_loss, backend=explain)
     opt = torch.optim.SGD([p for p in t.model.parameters() if p.requires_grad], lr=1e-4)
@@ -254,7 +255,8 @@ def check_shapes(t: Target) -> CheckResult:
     """Forward + loss at idx's shape, then two others: does dynamo recompile, and does it make
     dimensions dynamic? Information about shapes, not a hazard of the code (a fixed seq_len and
     drop_last avoid it). Backend "eager": the answer is dynamo's guards', the backward adds nothing."""
-    counter = _fresh_counter("eager")
+    reset()
+    counter = CompileCounterWithBackend("eager")
     compiled = torch.compile(train_loss, backend=counter)
     t.model.train()
     shapes = other_shapes(t.idx)
@@ -265,8 +267,9 @@ def check_shapes(t: Target) -> CheckResult:
             compiled(t.model, resize(t.idx, shape))
     dynamic = any(isinstance(s, torch.SymInt) for g in counter.graphs[before:] for node in g.graph.nodes
                   if node.op == "placeholder" for s in _shape(node))
-    dims = sorted({int(d) for e in _recompilations() for d in re.findall(r"size mismatch at index (\d+)", e.reason)})
-    more = counter.frame_count - before
+    recompiles = recompilations()
+    dims = sorted({int(d) for e in recompiles for d in re.findall(r"size mismatch at index (\d+)", e.reason)})
+    more = len(recompiles)  # frames compiled again on a failed guard; differs from new graphs once the step breaks
     shape_text = ", ".join(str(tuple(s)) for s in shapes)
     detail = (f"{tuple(t.idx.shape)} then {shape_text}: {more} recompilation(s)"
               + (f", dims {dims} made dynamic (symbolic sizes: one graph for all lengths, less specialised kernels)"
@@ -292,8 +295,7 @@ def check_decode(t: Target, positions: int = DECODE_POSITIONS) -> CheckResult:
     cache with tensor positions compiles once; a grown cache or an int position recompiles."""
     assert t.decode_step is not None
     t.model.eval()
-    torch.compiler.reset()
-    dynamo_utils.clear_compilation_metrics()
+    reset()
     explain = ExplainWithBackend("eager")
     compiled = torch.compile(t.decode_step, backend=explain)
     with GraphBreakLog() as log:

@@ -85,11 +85,7 @@ class Finding:
     source: str = "static"  # static | dynamic | static+dynamic
     evidence: list[str] = dataclasses.field(default_factory=list)  # dynamo's reasons
 
-    @property
-    def where(self) -> str:
-        return f"{self.file}:{self.line}"
-
-    def to_dict(self, root: str | None = None) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         h = HAZARDS[self.hazard]
         return {"hazard": self.hazard, "title": h.title, "file": self.file, "line": self.line,
                 "effects": list(h.effects), "code": self.code, "detail": self.detail, "source": self.source,

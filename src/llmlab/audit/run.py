@@ -20,7 +20,8 @@ import torch
 
 from llmlab.audit.coverage import Coverage, is_user_file, record
 from llmlab.audit.dynamic import (DECODE_POSITIONS, CheckResult, Event, check_decode, check_shapes,
-                                  check_train, decode_inputs, first_line, quiet, train_loss)
+                                  check_train, decode_inputs, first_line, quiet, train_loss,
+                                  user_location)
 from llmlab.audit.hazards import Finding
 from llmlab.audit.static import scan
 from llmlab.audit.target import AuditInputError, Target, load_target, user_error
@@ -77,13 +78,13 @@ def _eager_pass(t: Target) -> Coverage:
     (exit 2), and the tracer records which lines of user code run."""
     cov = Coverage()
     t.model.train()
-    _user_call(t, "model(idx)", lambda: record(cov, "forward", train_loss, t.model, t.idx))
+    _user_call(t, "model(idx)", lambda: record(cov, train_loss, t.model, t.idx))
     if t.decode_step is not None:
         t.model.eval()
         with torch.no_grad():
             for pos in range(COVERAGE_DECODE_POSITIONS):
                 _user_call(t, "decode_step(model, token, position)",
-                           lambda: record(cov, "decode", t.decode_step, t.model, *decode_inputs(t, pos)))
+                           lambda: record(cov, t.decode_step, t.model, *decode_inputs(t, pos)))
     return cov
 
 
@@ -122,7 +123,7 @@ def _guarded(name: str, check: Callable[..., CheckResult], *args: Any) -> CheckR
 def _failed(name: str, e: Exception) -> CheckResult:
     """A check that raised: the compiled code failed where plain Python ran (the eager pass did)."""
     frames = [(f.filename, f.lineno) for f in traceback.extract_tb(e.__traceback__)]
-    file, line = next(((f, n) for f, n in reversed(frames) if is_user_file(f)), (None, None))
+    file, line = user_location(frames)
     reason = f"{type(e).__name__}: {first_line(str(e))}"
     return CheckResult(name, "error", False, reason, [Event("compile-error", reason, file, line)])
 

@@ -11,7 +11,6 @@ Two kinds of code are read differently:
 from __future__ import annotations
 
 import ast
-import functools
 from pathlib import Path
 from typing import Iterator
 
@@ -33,10 +32,9 @@ NOT_A_MODEL_METHOD = DD_SHAPE_METHODS | HOST_METHODS.keys() | {"size", "argmax",
 NOT_A_MODEL_CALL = {"len", "print", "range", "min", "max", "int", "float", "isinstance", "enumerate", "zip"}
 
 
-@functools.lru_cache(maxsize=64)
-def _parse(file: str) -> tuple[ast.Module, tuple[str, ...]]:
+def _parse(file: str) -> tuple[ast.Module, list[str]]:
     text = Path(file).read_text(encoding="utf-8")
-    return ast.parse(text, filename=file), tuple(text.splitlines())
+    return ast.parse(text, filename=file), text.splitlines()
 
 
 def _functions(tree: ast.Module) -> Iterator[ast.FunctionDef | ast.AsyncFunctionDef]:
@@ -85,12 +83,19 @@ class _CompiledScan:
                     for t in n.targets if isinstance(t, ast.Name)}
         declared = {name for n in ast.walk(fn) if isinstance(n, ast.Global) for name in n.names}
         self.globals = (globals_ - assigned - params) | declared
-        self.masks = self._mask_names()
+        self.masks: set[str] = set()
+        self._find_masks()
         self.tensors = self._tensor_names()
 
-    def _mask_names(self) -> set[str]:
-        return {t.id for n in ast.walk(self.fn) if isinstance(n, ast.Assign) and self._is_mask(n.value)
-                for t in n.targets if isinstance(t, ast.Name)}
+    def _find_masks(self) -> None:
+        """Names bound to boolean masks, grown to a fixpoint: a mask made from a mask (`drop = ~keep`)
+        is one too, whatever order ast.walk visits the assignments in."""
+        assigns = [n for n in ast.walk(self.fn) if isinstance(n, ast.Assign)]
+        while True:
+            found = {t.id for n in assigns if self._is_mask(n.value) for t in n.targets if isinstance(t, ast.Name)}
+            if found <= self.masks:
+                return
+            self.masks |= found
 
     def _tensor_names(self) -> set[str]:
         names = set(self.tensor_args)
@@ -108,7 +113,7 @@ class _CompiledScan:
             return self._is_mask(node.left) or self._is_mask(node.right)
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
             return node.func.attr in BOOL_METHODS
-        return isinstance(node, ast.Name) and node.id in getattr(self, "masks", set())
+        return isinstance(node, ast.Name) and node.id in self.masks
 
     def run(self) -> Iterator[tuple[str, ast.AST, str]]:
         for node in ast.walk(self.fn):
