@@ -1,5 +1,6 @@
 """Loader: corrupt files fail before any batch; each window once per epoch; exact resume, also
-across an epoch boundary; disjoint ranks; fixed-shape evaluation covering every target once."""
+across an epoch boundary; disjoint ranks; fixed-shape evaluation covering every target once, with
+or without a stride."""
 
 from __future__ import annotations
 
@@ -187,11 +188,12 @@ def test_count_mismatch_with_meta_and_missing_folder(tmp_path, data):
         TrainLoader(tmp_path / "other", T, 8)
 
 
-@pytest.mark.parametrize("n_tokens", [1000, 1001, 1005, 41])
-def test_test_pass_predicts_every_token_once_in_fixed_shapes(tmp_path, n_tokens):
+@pytest.mark.parametrize("stride", [None, T, 3, 1])
+@pytest.mark.parametrize("n_tokens", [1000, 1001, 1005, 41, 7])
+def test_test_pass_predicts_every_token_once_in_fixed_shapes(tmp_path, n_tokens, stride):
     data = counting_dir(tmp_path / "d", n_train=1000, n_eval=n_tokens)
     targets = []
-    for x, y in eval_batches(data, "test", T, B):
+    for x, y in eval_batches(data, "test", T, B, stride=stride):
         assert x.shape == y.shape == (B, T)
         keep = y != IGNORE_INDEX
         assert torch.equal(y[keep], x[keep] + 1)  # x, y shifted where there is a target
@@ -205,3 +207,12 @@ def test_validation_uses_the_first_windows(data):
     x, y = batches[1]
     assert _windows(x)[:2] == [4, 5] and (y[2:] == IGNORE_INDEX).all()  # padding rows
     assert _windows(batches[0][0]) == [0, 1, 2, 3]
+
+
+def test_strided_windows_score_only_their_last_stride_targets(data):
+    x, y = next(eval_batches(data, "val", T, B, stride=3))
+    assert x[:, 0].tolist() == [0, 3, 6, 9]  # a window every 3 tokens
+    assert torch.equal(y[0], x[0] + 1)  # the first window scores all its targets
+    assert (y[1:, :T - 3] == IGNORE_INDEX).all() and torch.equal(y[1:, T - 3:], x[1:, T - 3:] + 1)
+    with pytest.raises(DataError, match=r"stride \(11\) must be between 1 and seq_len \(10\)"):
+        next(eval_batches(data, "val", T, B, stride=11))

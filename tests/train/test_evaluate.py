@@ -13,12 +13,12 @@ import torch
 from trainkit import TINY_MODEL, TINY_TRAIN
 
 from llmlab.config import ModelConfig, TrainConfig, dump_toml, load_run_config
-from llmlab.data.loader import eval_batches, open_split
+from llmlab.data.loader import eval_batches, open_split, window_starts
 from llmlab.errors import ConfigError
 from llmlab.model import GPT
 from llmlab.runs import load_run_model
 from llmlab.train import evaluate_run, train
-from llmlab.train.evaluate import split_figures, strided_batches, window_starts
+from llmlab.train.evaluate import split_figures
 from llmlab.train.step import bind_eval_loss, evaluate
 
 SEQ_LEN = 32
@@ -101,27 +101,25 @@ def test_strided_evaluation_equals_a_per_token_hand_loop(wikitext_run):
     assert got["loss"] < evaluate_run(run_dir, "test", device="cpu")["loss"]  # more context, lower loss
 
 
-def test_stride_equal_to_seq_len_is_the_non_overlapping_evaluation():
+def test_stride_equal_to_seq_len_is_the_non_overlapping_evaluation(byte_data):
     torch.manual_seed(0)
-    model = GPT(ModelConfig(vocab_size=50, d_model=32, n_layers=1, n_heads=2, d_ff=64, max_seq_len=16)).eval()
-    tokens = np.random.default_rng(0).integers(0, 50, 75)
+    model = GPT(ModelConfig(vocab_size=257, d_model=32, n_layers=1, n_heads=2, d_ff=64, max_seq_len=16)).eval()
     fn = bind_eval_loss(model, None)
-    a = evaluate(fn, strided_batches(tokens, 16, 3, 16), torch.device("cpu"))
-    b = evaluate(fn, strided_batches(tokens, 16, 3, 5), torch.device("cpu"))
-    assert a[1] == b[1] == 74  # every token but the first, once
+    ids = torch.from_numpy(np.asarray(open_split(byte_data, "test")[:16 * 5 + 1], dtype=np.int64))
+    nll = 0.0
+    with torch.no_grad():  # by hand: five non-overlapping windows, each from its own start
+        for start in range(0, 80, 16):
+            logp = torch.log_softmax(model(ids[None, start:start + 16]).logits[0].double(), dim=-1)
+            nll -= logp[torch.arange(16), ids[start + 1:start + 17]].sum().item()
+    cpu = torch.device("cpu")
+    for stride in (None, 16):
+        loss, tokens = evaluate(fn, eval_batches(byte_data, "test", 16, 3, max_windows=5, stride=stride), cpu)
+        assert tokens == 80
+        assert loss == pytest.approx(nll / 80, rel=1e-6)
+    assert evaluate(fn, eval_batches(byte_data, "test", 16, 3, max_windows=5, stride=5), cpu)[1] == 80  # every target once
     assert list(window_starts(74, 16, 5)) == [0, 5, 10, 15, 20, 25, 30, 35, 40, 45, 50, 55, 60]  # 60 + 16 >= 74
     assert list(window_starts(10, 16, 5)) == [0]
-
-
-def test_non_overlapping_helper_matches_the_loader(byte_data):
-    torch.manual_seed(0)
-    model = GPT(ModelConfig(vocab_size=257, d_model=32, n_layers=1, n_heads=2, d_ff=64, max_seq_len=32)).eval()
-    fn = bind_eval_loss(model, None)
-    tokens = open_split(byte_data, "test")[:1000]
-    loader = [(x, y) for x, y in eval_batches(byte_data, "test", 32, 4, max_windows=31)]
-    mine = list(strided_batches(tokens[:31 * 32 + 1], 32, 4, 32))
-    assert all(torch.equal(a[1], b[1]) and torch.equal(a[0], b[0]) for a, b in zip(loader, mine))
-    assert evaluate(fn, mine, torch.device("cpu"))[1] == 31 * 32
+    assert list(window_starts(80, 16, 16)) == [0, 16, 32, 48, 64]
 
 
 def test_word_perplexity_only_on_wikitext():

@@ -13,11 +13,13 @@ only, so the windows each update sees are the same for any micro-batch size and 
 that divide it. State = (epoch, windows of the epoch already served), so a resumed loader yields
 exactly the batches the uninterrupted one would have, also with another batch_size.
 
-Evaluation: windows in file order, always (B, T) for torch.compile. Positions without a target
-(the tail of the last window, rows that fill the last batch) have y = IGNORE_INDEX (-100, the
-default ignore_index of F.cross_entropy) and x = 0; sum the loss with reduction="sum" and divide by
-(y != IGNORE_INDEX).sum(). With max_windows=None every token after the first is predicted exactly
-once, so the summed loss over the test split gives exact per-token, per-word and per-byte figures.
+Evaluation: windows in file order (non-overlapping, or one every `stride` tokens), always (B, T)
+for torch.compile. Positions without a target (the tail of the last window, rows that fill the
+last batch, targets an earlier window already scored) have y = IGNORE_INDEX (-100, the default
+ignore_index of F.cross_entropy), and x = 0 where there is no token; sum the loss with
+reduction="sum" and divide by (y != IGNORE_INDEX).sum(). With max_windows=None every token after
+the first is predicted exactly once, so the summed loss over the test split gives exact
+per-token, per-word and per-byte figures.
 """
 
 from __future__ import annotations
@@ -176,34 +178,51 @@ def eval_batches(
     *,
     max_windows: int | None = None,
     vocab_size: int | None = None,
+    stride: int | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Fixed (B, T) batches of the split's windows in order, the first max_windows (None = all,
-    the last one partial); unused positions have y = IGNORE_INDEX (see the module docstring)."""
+    """Fixed (B, T) batches of the split's windows in order, over its first max_windows x seq_len
+    targets (None = all; the last window may be partial); unused positions have y = IGNORE_INDEX
+    (see the module docstring).
+
+    stride (None = seq_len: non-overlapping windows): windows start every `stride` tokens and each
+    one after the first scores only its last `stride` targets -- the others were scored by earlier
+    windows, with less context -- so every target is still scored exactly once (the sliding-window
+    evaluation of GPT-2's WikiText perplexities)."""
+    stride = seq_len if stride is None else stride
     if seq_len < 1 or batch_size < 1:
         raise DataError(f"seq_len ({seq_len}) and batch_size ({batch_size}) must be positive")
+    if not 1 <= stride <= seq_len:
+        raise DataError(f"the evaluation stride ({stride}) must be between 1 and seq_len ({seq_len})")
     tokens = open_split(data_dir, split, vocab_size)
-    n_targets = len(tokens) - 1
-    if n_targets < 1:
+    if len(tokens) < 2:
         raise DataError(f"{data_dir}: the {split} split has fewer than 2 tokens")
-    n_windows = -(-n_targets // seq_len)  # ceil: the last window may be partial
     if max_windows is not None:
-        n_windows = min(n_windows, max_windows)
-    for first in range(0, n_windows, batch_size):
-        yield _eval_batch(tokens, first, min(batch_size, n_windows - first), seq_len, batch_size)
+        tokens = tokens[: max_windows * seq_len + 1]
+    starts = window_starts(len(tokens) - 1, seq_len, stride)
+    for first in range(0, len(starts), batch_size):
+        yield _eval_batch(tokens, starts[first : first + batch_size], seq_len, batch_size, stride)
+
+
+def window_starts(n_targets: int, seq_len: int, stride: int) -> range:
+    """Starts of the evaluation windows: every `stride` tokens until a window reaches the last
+    target (window k predicts tokens k*stride+1 .. k*stride+seq_len)."""
+    more = max(0, -(-(n_targets - seq_len) // stride))  # ceil: windows after the first
+    return range(0, (more + 1) * stride, stride)
 
 
 def _eval_batch(
-    tokens: np.ndarray, first: int, rows: int, seq_len: int, batch_size: int
+    tokens: np.ndarray, starts: range, seq_len: int, batch_size: int, stride: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Windows first .. first+rows-1 in a (batch_size, seq_len) batch; the rest is padding."""
+    """The windows at `starts` in a (batch_size, seq_len) batch; the rest is padding."""
     x = np.zeros((batch_size, seq_len), dtype=np.int64)
     y = np.full((batch_size, seq_len), IGNORE_INDEX, dtype=np.int64)
-    for r in range(rows):
-        start = (first + r) * seq_len
+    for r, start in enumerate(starts):
         window = tokens[start : start + seq_len + 1]
         n = len(window) - 1
         x[r, :n], y[r, :n] = window[:-1], window[1:]
+        if start > 0:
+            y[r, : seq_len - stride] = IGNORE_INDEX  # already scored, with less context
     return torch.from_numpy(x), torch.from_numpy(y)
 
 
-__all__ = ["TrainLoader", "eval_batches", "open_split", "read_meta", "IGNORE_INDEX"]
+__all__ = ["TrainLoader", "eval_batches", "window_starts", "open_split", "read_meta", "IGNORE_INDEX"]

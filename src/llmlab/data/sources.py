@@ -15,7 +15,9 @@ from llmlab.errors import DataError
 
 SPLITS = ("train", "val", "test")
 SPLIT_ALIASES = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
-NAMED_DATASETS = ("wikitext-103", "wikitext-2", "pydocs")
+WIKITEXT = ("wikitext-103", "wikitext-2")
+"""The WikiText corpora (Merity et al. 2016), whose word count is the literature's perplexity unit."""
+NAMED_DATASETS = (*WIKITEXT, "pydocs")
 
 
 class Source(ABC):
@@ -121,7 +123,7 @@ def read_text(path: Path) -> str:
 def get_source(dataset: str, source_dir: str | None = None) -> Source:
     """wikitext-103 | wikitext-2 (local copy in source_dir, else the HF Hub) | pydocs | a folder."""
     # wikitext and pydocs import this module (Source, split_of): import them here, not at the top.
-    if dataset in ("wikitext-103", "wikitext-2"):
+    if dataset in WIKITEXT:
         from llmlab.data.wikitext import open_wikitext
 
         return open_wikitext(dataset, source_dir or None)

@@ -19,11 +19,11 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import AnyStr
 
-from llmlab.data.sources import Source, check_split, hash_files
+from llmlab.data.sources import WIKITEXT, Source, check_split, hash_files
 from llmlab.errors import DataError
 
 HUB_REPO = "Salesforce/wikitext"
-HUB_CONFIGS = {"wikitext-103": "wikitext-103-raw-v1", "wikitext-2": "wikitext-2-raw-v1"}
+HUB_CONFIGS = {name: f"{name}-raw-v1" for name in WIKITEXT}  # wikitext-103-raw-v1, wikitext-2-raw-v1
 RAW_FILES = {"train": "wiki.train.raw", "val": "wiki.valid.raw", "test": "wiki.test.raw"}
 HUB_SPLITS = {"train": "train", "val": "validation", "test": "test"}
 READER_VERSION = "wikitext/1"  # bump when the article splitting changes (it changes the tokens)

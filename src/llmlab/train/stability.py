@@ -56,17 +56,20 @@ class SpikeRule:
             raise LLMLabError(f"spike rule: threshold ({self.threshold}) > 0 and rel_floor ({self.rel_floor}) >= 0")
 
     def describe(self) -> str:
-        return (f"x_s - median(prev {self.ref}) > {self.threshold:g} x max(1.4826 MAD(diff of prev "
+        return (f"x_s - median(prev {self.ref}) > {self.threshold:g} x max({MAD_TO_STD} MAD(diff of prev "
                 f"{self.window}) / sqrt 2, {self.rel_floor:g} |median|), after warm-up")
 
 
 @dataclass(frozen=True)
 class Spikes:
     metric: str
-    count: int
     steps: list[int] = field(default_factory=list)
     """The first step of each spike."""
     rule: str = ""
+
+    @property
+    def count(self) -> int:
+        return len(self.steps)
 
 
 def detect_spikes(steps: Sequence[int], values: Sequence[float], warmup: int,
@@ -82,7 +85,7 @@ def detect_spikes(steps: Sequence[int], values: Sequence[float], warmup: int,
         if flagged and not previous:
             first_steps.append(int(step))
         previous = flagged
-    return Spikes(metric, len(first_steps), first_steps, rule.describe())
+    return Spikes(metric, first_steps, rule.describe())
 
 
 def _spiking(x: np.ndarray, i: int, rule: SpikeRule) -> bool:
@@ -111,7 +114,8 @@ def run_spikes(rows: Iterable[dict[str, Any]], warmup: int, rule: SpikeRule = Sp
     out = {}
     for key in ("loss", "grad_norm"):
         steps, values = series(rows, key)
-        out[key] = asdict(detect_spikes(steps, values, warmup, rule, key))
+        spikes = detect_spikes(steps, values, warmup, rule, key)
+        out[key] = {**asdict(spikes), "count": spikes.count}
     return out
 
 
