@@ -8,7 +8,7 @@ from llmlab.config import ModelConfig, MoEConfig, load_run_config
 from llmlab.model import GPT
 from llmlab.train import train
 from llmlab.train.routing_probe import (PROBE_WINDOWS, probe_batch, read_routing, router_saturation,
-                                        saturation, top_k_assignments)
+                                        routing_file, saturation, top_k_assignments, truncate_routing)
 
 
 def test_saturation_equals_a_hand_count():
@@ -61,3 +61,14 @@ def test_moe_run_records_routing_at_each_eval_and_saturates_at_the_end(make_conf
 def test_dense_run_records_no_routing(make_config, tmp_path):
     train(load_run_config(make_config(train={"max_steps": 4, "eval_interval": 2})), tmp_path / "run")
     assert not (tmp_path / "run" / "routing").exists()
+    assert router_saturation(tmp_path / "run") == []
+
+
+def test_a_resume_drops_the_routing_recorded_after_its_checkpoint(tmp_path):
+    for step in (4, 8, 12):
+        routing_file(tmp_path, step).parent.mkdir(exist_ok=True)
+        torch.save(torch.full((1, 2, 2), step, dtype=torch.int16), routing_file(tmp_path, step))
+    truncate_routing(tmp_path, 8)  # resuming from the checkpoint of step 8
+    assert [step for step, _ in read_routing(tmp_path)] == [4, 8]
+    truncate_routing(tmp_path, -1)  # no checkpoint: everything is replayed
+    assert read_routing(tmp_path) == [] and router_saturation(tmp_path) == []

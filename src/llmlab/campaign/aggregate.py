@@ -135,7 +135,8 @@ def routing_row(name: str, run_dir: Path, metrics: list[dict[str, Any]]) -> dict
 
 
 def router_saturation_or_none(run_dir: Path) -> list[tuple[int, float]]:
-    """router_saturation of an MoE run; [] when nothing was recorded (a run without evaluations)."""
-    from llmlab.train.routing_probe import ROUTING_DIR, router_saturation
+    """router_saturation of an MoE run; [] when nothing was recorded (a run without evaluations).
+    Imported when called: routing_probe imports torch."""
+    from llmlab.train.routing_probe import router_saturation
 
-    return router_saturation(run_dir) if any((run_dir / ROUTING_DIR).glob("step_*.pt")) else []
+    return router_saturation(run_dir)

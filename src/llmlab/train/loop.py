@@ -9,6 +9,7 @@ loader, and the counters. Run directory (DESIGN.md section 2):
     metrics.jsonl one JSON object a line: training rows (step, loss, ...), eval rows (step, val_loss),
                   events (start, resume, stop, diverged)
     checkpoints/  step-NNNNNNNN.pt + manifest.json (sha256)
+    routing/      MoE: the probe batch's top-k experts at each evaluation (router saturation)
     result.json   final val/test figures, tokens/s, parameters
     .lock         held while a process trains here
 """
@@ -36,7 +37,7 @@ from llmlab.train.lock import RunDirBusy, RunLock
 from llmlab.train.metrics import MetricsWriter, Progress, Throughput, mfu, peak_flops, peak_memory_mb, routing_stats, truncate_after
 from llmlab.train.optim import build_optimizer, set_lr
 from llmlab.train.record import check_resumable, environment, identity, training_changes, write_config
-from llmlab.train.routing_probe import record_routing
+from llmlab.train.routing_probe import probe_batch, record_routing, truncate_routing
 from llmlab.train.schedule import lr_at
 from llmlab.train.setup import autocast_dtype, build_model, compile_fn, prepare_data, rng_state, set_rng_state
 from llmlab.train.signals import EXIT_DIVERGED, EXIT_OK, EXIT_STOPPED, StopRequest
@@ -78,6 +79,8 @@ class Run:
     grad_accum: int
     total_steps: int
     flops_per_token: int
+    probe: torch.Tensor | None
+    """MoE: the fixed batch whose routing each evaluation records (router saturation); dense: None."""
     step: int = 0
     tokens: int = 0
     saved_step: int = -1
@@ -160,6 +163,7 @@ def _build(cfg: RunConfig, run_dir: Path, info: DistInfo) -> Run:
         optimizer=build_optimizer(model, tc, info.device), loader=loader, data_dir=data_dir, meta=meta,
         amp_dtype=amp, grad_accum=grad_accum, total_steps=total_steps,
         flops_per_token=count(cfg.model, seq_len=tc.seq_len)["flops_per_token"],
+        probe=probe_batch(data_dir, tc.seq_len, cfg.model.vocab_size) if cfg.model.moe is not None else None,
     )
 
 
@@ -172,8 +176,11 @@ def _session(run: Run, stop: StopRequest) -> TrainOutcome:
             return TrainOutcome("completed", state["step"], run.total_steps, json.loads((run.run_dir / "result.json").read_text()))
     if run.info.is_main:
         # Rows logged after the checkpoint (all of them, when a killed run left none) are about to
-        # be replayed: drop them, so metrics.jsonl reads as one uninterrupted run.
-        truncate_after(run.run_dir, state["step"] if state is not None else -1)
+        # be replayed: drop them, so metrics.jsonl reads as one uninterrupted run; likewise the
+        # routing records, whose last one router saturation takes as the final decision.
+        saved = state["step"] if state is not None else -1
+        truncate_after(run.run_dir, saved)
+        truncate_routing(run.run_dir, saved)
         run.writer = MetricsWriter(run.run_dir)
     try:
         _start_or_resume(run, state)
@@ -334,8 +341,8 @@ def _evaluate(run: Run, split: str, max_windows: int | None) -> dict[str, float]
 
 def _log_eval(run: Run) -> dict[str, float]:
     val = _evaluate(run, "val", run.cfg.train.eval_windows)
-    # MoE: the probe's top-k experts at this step, for router saturation (OLMoE); dense: no-op.
-    record_routing(run.model, run.cfg, run.data_dir, run.run_dir, run.step, run.amp_dtype, write=run.info.is_main)
+    if run.probe is not None:  # MoE: the probe's top-k experts at this step, for router saturation (OLMoE)
+        record_routing(run.model, run.probe, run.run_dir, run.step, run.amp_dtype, write=run.info.is_main)
     run.emit({"step": run.step, "val_loss": val["loss"], "val_ppl": val["ppl"], "time": time.time()})
     run.progress.message(f"step {run.step}: val_loss {val['loss']:.4f} (ppl {val['ppl']:.2f})")
     return val

@@ -29,7 +29,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from llmlab.config import RunConfig
 from llmlab.errors import LLMLabError
 
 ROUTING_DIR = "routing"
@@ -88,19 +87,17 @@ def routing_file(run_dir: str | Path, step: int) -> Path:
     return Path(run_dir) / ROUTING_DIR / f"step_{step:08d}.pt"
 
 
-def record_routing(model: nn.Module, cfg: RunConfig, data_dir: str | Path, run_dir: str | Path, step: int,
+def record_routing(model: nn.Module, probe_BT: torch.Tensor, run_dir: str | Path, step: int,
                    autocast_dtype: torch.dtype | None = None, write: bool = True) -> Path | None:
-    """At an evaluation of an MoE run: record the probe's top-k assignments at `step`, in eval
-    mode. Every rank runs the forward (so that it works under FSDP); only `write=True` (rank 0)
-    writes. Returns the file written; None for a dense model or a rank that does not write."""
+    """At an evaluation of an MoE run: record the top-k assignments on `probe_BT` (`probe_batch`,
+    built once per session) at `step`, in eval mode. Every rank runs the forward (so that it works
+    under FSDP); only `write=True` (rank 0) writes. Returns the file written; None for a dense
+    model or a rank that does not write."""
     from llmlab.runs import write_bytes_atomic
     from llmlab.train.step import eval_context
 
-    if cfg.model.moe is None:
-        return None
-    idx_BT = probe_batch(data_dir, cfg.train.seq_len, cfg.model.vocab_size)
     with eval_context(model):
-        assignments = top_k_assignments(model, idx_BT, autocast_dtype)
+        assignments = top_k_assignments(model, probe_BT, autocast_dtype)
     if assignments is None or not write:
         return None
     path = routing_file(run_dir, step)
@@ -111,11 +108,23 @@ def record_routing(model: nn.Module, cfg: RunConfig, data_dir: str | Path, run_d
     return path
 
 
+def _recorded_files(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """(step, file) of every recorded step, in step order."""
+    directory = Path(run_dir) / ROUTING_DIR
+    return sorted((int(m.group(1)), p) for p in directory.glob("step_*.pt") if (m := _FILE.fullmatch(p.name)))
+
+
+def truncate_routing(run_dir: str | Path, step: int) -> None:
+    """Delete the records of steps after `step`: on resume from the checkpoint of `step` (-1: none)
+    they are about to be replayed, and a leftover would otherwise pass for the final decision."""
+    for recorded, path in _recorded_files(run_dir):
+        if recorded > step:
+            path.unlink(missing_ok=True)
+
+
 def read_routing(run_dir: str | Path) -> list[tuple[int, torch.Tensor]]:
     """Every recorded (step, (L_moe, N, K) assignments), in step order."""
-    directory = Path(run_dir) / ROUTING_DIR
-    found = sorted((int(m.group(1)), p) for p in directory.glob("step_*.pt") if (m := _FILE.fullmatch(p.name)))
-    return [(step, torch.load(path, weights_only=True)) for step, path in found]
+    return [(step, torch.load(path, weights_only=True)) for step, path in _recorded_files(run_dir)]
 
 
 def saturation(assignments: torch.Tensor, final: torch.Tensor) -> float:
@@ -129,14 +138,14 @@ def saturation(assignments: torch.Tensor, final: torch.Tensor) -> float:
 
 
 def router_saturation(run_dir: str | Path) -> list[tuple[int, float]]:
-    """[(step, saturation against the last recorded step)] for an MoE run directory."""
+    """[(step, saturation against the last recorded step)] for an MoE run directory; [] when
+    nothing was recorded (a dense run, or one without evaluations)."""
     recorded = read_routing(run_dir)
     if not recorded:
-        raise LLMLabError(f"{run_dir}: no {ROUTING_DIR}/step_*.pt (a dense run, or one trained before"
-                          " routing was recorded)")
+        return []
     final = recorded[-1][1]
     return [(step, saturation(a, final)) for step, a in recorded]
 
 
-__all__ = ["probe_batch", "top_k_assignments", "record_routing", "read_routing", "saturation",
-           "router_saturation", "ROUTING_DIR", "PROBE_WINDOWS"]
+__all__ = ["probe_batch", "top_k_assignments", "record_routing", "truncate_routing", "read_routing",
+           "saturation", "router_saturation", "ROUTING_DIR", "PROBE_WINDOWS"]
