@@ -140,8 +140,8 @@ def read_manifest(directory: Path) -> list[Entry]:
 
 
 def write_manifest(directory: Path, entries: list[Entry]) -> None:
-    data = {"format": MANIFEST_FORMAT, "checkpoints": [e.__dict__ for e in sorted(entries, key=lambda e: e.step)]}
-    write_bytes_atomic(directory / MANIFEST, (json.dumps(data, indent=1) + "\n").encode())
+    """entries oldest first, as read_manifest returns them (checkpoint.save sorts them)."""
+    write_json(directory / MANIFEST, {"format": MANIFEST_FORMAT, "checkpoints": [e.__dict__ for e in entries]})
 
 
 def sha256_file(path: str | Path) -> str:
