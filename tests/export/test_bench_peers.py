@@ -58,3 +58,34 @@ def test_bench_moe_peers_hold_our_layer_weights() -> None:
     peers = hf_mixtral_layers(args, layers)
     assert sorted(peers) == ["hf mixtral eager", "hf mixtral grouped_mm"]
     torch.testing.assert_close(peers["hf mixtral eager"].gate.weight, layers["capacity"].router.weight)
+
+
+def test_bench_train_refuses_a_peer_that_would_skip_dropout() -> None:
+    """The weights check runs in eval mode; dropout is training-only work the Llama peer lacks."""
+    from llmlab.bench.train import _peer_step
+    from llmlab.export.hf import ExportError
+
+    cfg = RunConfig(model=ModelConfig(**TINY, dropout=0.1), data=DataConfig(),
+                    train=TrainConfig(seq_len=32, micro_batch_size=2, max_steps=1))
+    with pytest.raises(ExportError, match="trains without dropout"):
+        _peer_step(cfg, torch.device("cpu"), None)
+
+
+def test_hf_generate_timing_is_equal_work() -> None:
+    """The HF rows of `bench infer`: our greedy tokens, every new token counted once, the first one
+    stamped by the streamer, and the head on the last position only (no cache too)."""
+    from llmlab.bench import infer
+    from llmlab.infer import generate
+
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(**TINY)).eval()
+    prompt = torch.randint(0, 300, (2, 8))
+    peer = infer.hf_peer(model, prompt)
+    kept = []  # a hook, not a wrapper: generate() reads forward's signature to pass logits_to_keep
+    peer.register_forward_pre_hook(lambda module, args, kwargs: kept.append(kwargs.get("logits_to_keep")),
+                                   with_kwargs=True)
+    for use_cache in (True, False):
+        ids, times = infer.hf_generate_timed(peer, prompt, 6, use_cache)
+        assert torch.equal(ids, generate(model, prompt, 6))
+        assert times.decode_tokens == 5 * 2 and times.prefill_s > 0 and times.decode_s > 0
+    assert kept and set(kept) == {1}

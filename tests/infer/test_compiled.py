@@ -45,16 +45,36 @@ def test_compiled_step_follows_weights_changed_in_place() -> None:
 
 def test_compiled_steps_reuse_their_kv_caches() -> None:
     """Each compiled step owns its caches: every call decodes into the same buffers (a CUDA graph
-    replays fixed addresses), zeroed first, and the model holds none between calls."""
+    replays fixed addresses), and the model holds none between calls."""
     model = build("dense")
     idx = torch.randint(0, 97, (1, 5))
-    generate(model, idx, 10, compile=True)
-    from llmlab.infer.compiled import _STEPS
+    used = []  # the cache buffer attention writes into, at each (eager) prefill; decode uses the same
 
-    (step,) = _STEPS[model].values()
-    before = [c.k.data_ptr() for c in step.caches]
+    def record(module: torch.nn.Module, args: tuple) -> None:
+        if not torch.compiler.is_compiling():  # traced away inside the compiled step
+            used.append(module.kv_cache.k.data_ptr())
+
+    model.blocks[0].attn.register_forward_pre_hook(record)
     generate(model, idx, 10, compile=True)
-    assert [c.k.data_ptr() for c in step.caches] == before and model.kv_cache is None
+    first = set(used)
+    used.clear()
+    _, times = generate_timed(model, idx, 10, compile=True)
+    assert times.compile_s is None and set(used) == first and len(first) == 1
+    assert model.kv_cache is None
+
+
+def test_release_forgets_the_compiled_steps() -> None:
+    """A write through .data is invisible to the stamp: release() makes the next call compile."""
+    from llmlab.infer.compiled import release
+
+    model = build("gqa")
+    idx = torch.randint(0, 97, (1, 5))
+    generate(model, idx, 12, compile=True)
+    for p in model.parameters():
+        p.data.mul_(-1.5)
+    release(model)
+    edited, times = generate_timed(model, idx, 12, compile=True)
+    assert times.compile_s is not None and torch.equal(edited, generate(model, idx, 12))
 
 
 @pytest.mark.parametrize("bad", ["fast", "reduce-overhead", 1])

@@ -19,9 +19,10 @@ def cached_logits(model: GPT, idx: torch.Tensor, prompt: int, wrong_mask: bool =
     the bug the tolerance must catch -- no mask over the static cache: queries see unwritten slots."""
     B, T = idx.shape
     model.setup_kv_cache(B, T)
-    if wrong_mask:
-        for block in model.blocks:  # every slot visible, unwritten ones too
-            block.attn.kv_cache.pos.zero_()
+    if wrong_mask:  # every slot visible, unwritten ones too
+        cache = model.kv_cache
+        cache.mask = lambda input_pos: torch.ones(len(input_pos), cache.max_seq_len, dtype=torch.bool,
+                                                  device=input_pos.device)
     try:
         model(idx[:, :prompt], input_pos=torch.arange(prompt, device=idx.device))
         steps = [model(idx[:, p : p + 1], input_pos=torch.tensor([p], device=idx.device)).logits

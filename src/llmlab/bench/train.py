@@ -65,19 +65,29 @@ def _our_step(cfg: RunConfig, device: torch.device, amp: torch.dtype | None, com
 
 
 def _peer_step(cfg: RunConfig, device: torch.device, amp: torch.dtype | None) -> tuple[Callable, str]:
-    """The Hugging Face model on the same shapes, trained the same way (loss, clipping, AdamW)."""
+    """The Hugging Face model on the same shapes, trained the same way (loss, clipping, AdamW). The
+    weights check runs in eval mode, so training-only work is matched here: no dropout on either
+    side (the peer has none), and for MoE the peer adds its router's load-balancing loss as ours
+    adds its auxiliary losses."""
+    from llmlab.export.hf import ExportError
     from llmlab.train.optim import build_optimizer
 
+    if cfg.model.dropout > 0:
+        raise ExportError(f"model.dropout = {cfg.model.dropout}: the Llama peer trains without dropout, so the "
+                          "steps would not do the same work (set model.dropout = 0 to compare)")
     model, name = _hf_model(cfg, device)
     model = model.to(device).train()
+    model.config.output_router_logits = cfg.model.moe is not None  # Mixtral: returns aux_loss
     optimizer = build_optimizer(model, cfg.train, device)
     x, y = _batch(cfg, device)
     tc = cfg.train
 
     def step() -> None:
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            logits = model(input_ids=x).logits
-        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+            out = model(input_ids=x)
+        loss = F.cross_entropy(out.logits.float().flatten(0, 1), y.flatten())
+        if getattr(out, "aux_loss", None) is not None:
+            loss = loss + out.aux_loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip or float("inf"), foreach=True)
         loss.item()  # the same host sync as our step's finite check

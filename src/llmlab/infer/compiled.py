@@ -18,11 +18,15 @@ What the compiler is asked for depends on the device (`settings`):
   both; the README gives the figures).
 
 Frozen weights are copies: a step compiled before the weights change would silently decode with the
-old ones. Each step therefore records the parameters' storage and version counters when it is
-compiled, and a later call that finds them changed (an optimizer step, `load_state_dict`, any
-in-place edit) compiles again. Each step compiles its own copy of `decode_step`'s code object, so
-that dynamo's code cache (kept per code object) can never hand one step's frozen graph to another,
-and it is freed with the step. Freezing also keeps a second copy of the weights while the step lives.
+old ones. A frozen step therefore records the parameters' storage and version counters when it is
+compiled, and a later call that finds them changed (an optimizer step, `load_state_dict`, an
+in-place op on a parameter) compiles again. A write through `.data` bumps neither and is not seen:
+compile again after one by hand (`llmlab.infer.compiled.release(model)`). Each step compiles its own
+copy of `decode_step`'s code object, so that dynamo's code cache (kept per code object) can never
+hand one step's frozen graph to another. Inductor keeps each frozen graph's weights for the life of
+the process (its generated module holds them), so on CPU every compilation costs a weights-sized
+copy that is never freed; a model keeps only the steps of its latest (batch, cache length), so a
+sweep does not also pile up KV caches.
 
 Compilation happens in an untimed warm-up call, so `generate_timed` reports it apart (compile_s).
 """
@@ -49,12 +53,13 @@ class CompiledStep:
     step: DecodeFn
     caches: list[KVCache]
     """The KV caches the step was compiled (and, on CUDA, graph-recorded) with: reused by every call."""
-    weights: tuple[tuple[int, int], ...]
-    """(storage pointer, version counter) of each parameter when compiled: frozen constants are copies."""
+    weights: tuple[tuple[int, int], ...] | None
+    """(storage pointer, version counter) of each parameter when compiled, for a frozen step (its
+    constants are copies); None when the graph reads the parameters themselves (CUDA)."""
 
 
 # model -> {(batch, cache length, device, dtype, mode): step}. Weak keys: a dropped model frees its
-# steps. Device and dtype are in the key so that a model moved or cast after a first compile is
+# steps' KV caches (not, on CPU, inductor's frozen copy of its weights: see above). Device and dtype are in the key so that a model moved or cast after a first compile is
 # compiled (and timed) again, not recompiled silently inside the timed decode loop.
 _STEPS: "weakref.WeakKeyDictionary[GPT, dict[tuple, CompiledStep]]" = weakref.WeakKeyDictionary()
 
@@ -89,11 +94,12 @@ def compiled_decode_step(model: GPT, batch_size: int, cache_len: int, warm_pos: 
     device, dtype = model.lm_head.weight.device, model.lm_head.weight.dtype
     key = (batch_size, cache_len, str(device), dtype, mode)
     found = steps.get(key)
-    if found is not None and found.weights == weights_stamp(model):
+    if found is not None and found.weights in (None, weights_stamp(model)):
         model.install_kv_caches(found.caches)
         return found.step, None
     check_compilable(model.config.moe, compile=True, dtype=dtype, use="decode")  # one line, before any work
-    steps.pop(key, None)  # stale frozen weights: free them before compiling again
+    for old in [k for k in steps if k == key or k[:2] != key[:2]]:  # stale, or another shape: drop
+        del steps[old]  # (both modes of one shape stay: `bench infer` interleaves them)
     model.setup_kv_cache(batch_size, cache_len)
     kwargs, inductor = settings(device, mode)
     fresh = types.FunctionType(decode_step.__code__.replace(), decode_step.__globals__, decode_step.__name__)
@@ -108,6 +114,12 @@ def compiled_decode_step(model: GPT, batch_size: int, cache_len: int, warm_pos: 
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - t0
     caches = [block.attn.kv_cache for block in model.blocks]
-    steps[key] = CompiledStep(step, caches, weights_stamp(model))
+    steps[key] = CompiledStep(step, caches, weights_stamp(model) if inductor.get("freezing") else None)
     model.install_kv_caches(caches)  # zeroed: the warm-up's dummy entry is gone
     return step, seconds
+
+
+def release(model: GPT) -> None:
+    """Forget the model's compiled steps (and their KV caches): the next compiled call compiles
+    again. Needed after writing weights through `.data`, which the stamp cannot see."""
+    _STEPS.pop(model, None)

@@ -143,20 +143,23 @@ def generate_timed(model: GPT, idx: torch.Tensor, max_new_tokens: int, use_kv_ca
         if mode:
             from llmlab.infer.compiled import compiled_decode_step  # compiled imports this module
 
+            # Compiling (reported apart) installs the step's own caches, kept across calls.
             decode_fn, compile_s = compiled_decode_step(model, B, T + max_new_tokens, warm_pos=T, mode=mode)
+            t0 = _clock(idx.device)
         else:
+            t0 = _clock(idx.device)  # allocating the cache is part of prefill, as in HF's generate()
             model.setup_kv_cache(B, T + max_new_tokens)
-        return _generate_cached(model, idx, max_new_tokens, pick, decode_fn or decode_step, compile_s)
+        return _generate_cached(model, idx, max_new_tokens, pick, decode_fn or decode_step, compile_s, t0)
     finally:
         model.clear_kv_cache()
 
 
 def _generate_cached(model: GPT, idx: torch.Tensor, max_new_tokens: int,
                      pick: Callable[[torch.Tensor], torch.Tensor], decode_fn: DecodeFn,
-                     compile_s: float | None) -> tuple[torch.Tensor, GenerationTimes]:
+                     compile_s: float | None, t0: float) -> tuple[torch.Tensor, GenerationTimes]:
+    """t0: when prefill's clock started (before the cache was set up)."""
     T, device = idx.shape[1], idx.device
     tokens = [idx]
-    t0 = _clock(device)
     if max_new_tokens > 0:
         tokens.append(pick(prefill(model, idx)))
     t1 = _clock(device)

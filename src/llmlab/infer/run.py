@@ -76,6 +76,6 @@ def generate_from_source(source: str, *, prompt: str | None, prompt_ids: str | N
         "decode_tokens_per_s": times.decode_tokens_per_s if times.decode_tokens else None,
         "compile_s": times.compile_s,
         "kv_cache": use_kv_cache,
-        "compiled": compile is not False,
+        "compiled": check_compile(compile) is not None,
         "compile_mode": check_compile(compile),
     }

@@ -19,7 +19,7 @@ import math
 from llmlab.config import ModelConfig
 from llmlab.model.attention import attention_params
 from llmlab.model.mlp import mlp_params
-from llmlab.model.moe import moe_params
+from llmlab.model.moe import expert_capacity, moe_params
 
 
 def norm_params(cfg: ModelConfig) -> int:
@@ -124,7 +124,7 @@ def solve_iso_params(cfg: ModelConfig, target: int, free: str, key: str = "activ
 #
 # weights      every parameter (padded vocabulary rows included, tied head counted once)
 # buffers      RoPE cos/sin tables (max_seq_len x head_dim/2 each, in the weights' dtype) and the
-#              cache's key positions (int64), from which each step builds its mask row
+#              cache's slot positions (int64), which each step builds for its mask row
 # kv_cache     batch x context x kv_cache_bytes_per_token: 2 (K, V) x n_layers x n_kv_heads x
 #              head_dim x bytes (Ainslie et al. 2023: this is the term GQA divides by H / Hkv)
 # activations  a bound on one decode step's transient tensors per sequence (no_grad: a layer's
@@ -136,25 +136,27 @@ def solve_iso_params(cfg: ModelConfig, target: int, free: str, key: str = "activ
 #              pieces: a one-shot prefill of `context` tokens needs more.
 
 
-def ffn_width_per_token(cfg: ModelConfig) -> int:
-    """Widest FFN hidden width one token occupies in a decode step, over the layers. MoE: the
-    top_k experts it is routed to, except `capacity` dispatch, which computes every (E, C) slot:
-    C = N without a capacity factor (all E x N slots, dropless), ceil(cf k N / E) with one."""
+def ffn_width_per_token(cfg: ModelConfig, batch: int = 1) -> int:
+    """Widest FFN hidden width one token occupies in a decode step of `batch` tokens, over the
+    layers. MoE: the top_k experts it is routed to, except `capacity` dispatch, which computes
+    every (E, C) slot, C = expert_capacity(N = batch): E x C / N slots per token (E at batch 1,
+    about cf x k at a large batch)."""
     widest = cfg.d_ff if any(not cfg.is_moe_layer(i) for i in range(cfg.n_layers)) else 0
     if cfg.moe is None:
         return widest
     moe = cfg.moe
     if moe.dispatch == "capacity":
-        slots = moe.n_experts if moe.capacity_factor is None else math.ceil(moe.capacity_factor * moe.top_k)
+        slots = math.ceil(moe.n_experts * expert_capacity(moe, batch) / batch)
     else:
         slots = moe.top_k
     return max(widest, (slots + moe.n_shared_experts) * moe.d_ff_expert)
 
 
-def decode_activation_bytes(cfg: ModelConfig, context: int, dtype_bytes: int) -> int:
-    """Bound on one decode step's transient bytes for one sequence (see the table above)."""
+def decode_activation_bytes(cfg: ModelConfig, context: int, dtype_bytes: int, batch: int = 1) -> int:
+    """Bound on one decode step's transient bytes for one sequence of a `batch` (see the table
+    above; only capacity-dispatch MoE depends on the batch)."""
     D, hd = cfg.d_model, cfg.head_dim
-    in_dtype = 4 * D + 3 * ffn_width_per_token(cfg) + 2 * (cfg.n_heads + 2 * cfg.n_kv_heads) * hd
+    in_dtype = 4 * D + 3 * ffn_width_per_token(cfg, batch) + 2 * (cfg.n_heads + 2 * cfg.n_kv_heads) * hd
     fp32 = cfg.n_heads * context + cfg.padded_vocab_size
     return in_dtype * dtype_bytes + 4 * fp32
 
@@ -162,13 +164,13 @@ def decode_activation_bytes(cfg: ModelConfig, context: int, dtype_bytes: int) ->
 def inference_memory(cfg: ModelConfig, batch: int, context: int, dtype_bytes: int = 2) -> dict[str, int]:
     """Bytes to decode `batch` sequences with a KV cache of `context` positions (dtype_bytes: 2 for
     bf16, 4 for fp32): weights + buffers + kv_cache + activations = total."""
-    kv_per_token = 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * dtype_bytes
+    counted = count(cfg, kv_bytes_per_element=dtype_bytes)
     rope = cfg.max_seq_len * cfg.head_dim * dtype_bytes if cfg.pos == "rope" else 0  # cos + sin
     out = {
-        "weights": count(cfg)["total"] * dtype_bytes,
+        "weights": counted["total"] * dtype_bytes,
         "buffers": rope + 8 * context,
-        "kv_cache": batch * context * kv_per_token,
-        "activations": batch * decode_activation_bytes(cfg, context, dtype_bytes),
+        "kv_cache": batch * context * counted["kv_cache_bytes_per_token"],
+        "activations": batch * decode_activation_bytes(cfg, context, dtype_bytes, batch),
     }
     out["total"] = sum(out.values())
     return out

@@ -84,9 +84,11 @@ class CausalSelfAttention(nn.Module):
         self.kv_cache: KVCache | None = None
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
-                input_pos: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x (B, T, D) -> (B, T, D). With a KV cache, input_pos (T,) and mask (T, S') are given:
-        attention reads the first S' <= S cache slots (S' < S: a prefill from position 0)."""
+                input_pos: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+                kv_len: int | None = None) -> torch.Tensor:
+        """x (B, T, D) -> (B, T, D). With a KV cache, input_pos (T,) is given, and attention reads
+        the first kv_len cache slots (None: all S) through mask (T, kv_len or S); mask None with
+        the cache means kv_len == T, a prefill from position 0: plain causal attention."""
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
         kv = self.kv_proj(x).view(B, T, 2, self.n_kv_heads, self.head_dim)
@@ -95,8 +97,8 @@ class CausalSelfAttention(nn.Module):
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if self.kv_cache is not None and input_pos is not None:
             k, v = self.kv_cache.update(input_pos, k, v)  # (B, Hkv, S, hd)
-            if mask is not None and mask.shape[-1] < k.shape[2]:
-                k, v = k[:, :, : mask.shape[-1]], v[:, :, : mask.shape[-1]]  # (B, Hkv, S', hd), views
+            if kv_len is not None:
+                k, v = k[:, :, :kv_len], v[:, :, :kv_len]  # (B, Hkv, kv_len, hd), views
         if self.use_sdpa:
             y = sdpa_attention(q, k, v, mask, self.dropout if self.training else 0.0)
         else:

@@ -48,9 +48,9 @@ class Block(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
-                input_pos: torch.Tensor | None, mask: torch.Tensor | None
+                input_pos: torch.Tensor | None, mask: torch.Tensor | None, kv_len: int | None = None
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
-        x = x + self.dropout(self.attn(self.attn_norm(x), rope, input_pos, mask))
+        x = x + self.dropout(self.attn(self.attn_norm(x), rope, input_pos, mask, kv_len))
         if self.is_moe:
             y, stats = self.ffn(self.ffn_norm(x))
         else:
@@ -124,9 +124,11 @@ class GPT(nn.Module):
         (logits (B, n, V)); generation needs only the last one, and the head is the largest matmul
         at a small width (HF's argument of the same name). 0 = every position.
         kv_len (with a KV cache): attend over the first kv_len cache slots only; every position in
-        input_pos must be below it. A prompt prefilled from position 0 passes T: its keys are the
-        prompt's, so attention is (T, T) instead of (T, S). None = the whole cache, one shape at
-        every position (what a compiled decode step needs); litgpt's `input_pos_maxp1` does the same."""
+        input_pos must be below it. A prompt prefilled from position 0 passes T (input_pos is then
+        0..T-1 in order): its keys are the prompt's, so attention is plain causal over (T, T), with
+        no mask (SDPA's is_causal kernels), instead of masked over (T, S). None = the whole cache,
+        one shape at every position (what a compiled decode step needs); litgpt's
+        `input_pos_maxp1` does the same."""
         B, T = idx.shape
         if kv_len is not None and (self.kv_cache is None or input_pos is None
                                    or not T <= kv_len <= self.kv_cache.max_seq_len):
@@ -139,14 +141,14 @@ class GPT(nn.Module):
         x = self.drop(x)
         rope = (self.rope_cos[pos], self.rope_sin[pos]) if self.config.pos == "rope" else None
         mask = None
-        if self.kv_cache is not None and input_pos is not None:
+        if self.kv_cache is not None and input_pos is not None and kv_len != T:
             mask = self.kv_cache.mask(input_pos)  # (T, S): query at p sees keys 0..p; shared by all layers
             if kv_len is not None:
                 mask = mask[:, :kv_len]  # (T, kv_len): attention reads only these slots
         aux_loss = x.new_zeros((), dtype=torch.float32)
         stats: list[dict[str, torch.Tensor]] = []
         for block in self.blocks:
-            x, block_stats = block(x, rope, input_pos, mask)
+            x, block_stats = block(x, rope, input_pos, mask, kv_len)
             if block_stats is not None:
                 aux_loss = aux_loss + block_stats["aux_loss"]
                 stats.append(block_stats)

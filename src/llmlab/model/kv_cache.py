@@ -23,9 +23,6 @@ class KVCache(nn.Module):
         # Non-persistent: a cache is inference state, never saved with the weights.
         self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        # Each slot's position 0..S-1: the mask row of a query at position p is pos <= p, built per
-        # call, so no (S, S) mask sits in memory beside the cache.
-        self.register_buffer("pos", torch.arange(max_seq_len, device=device), persistent=False)
 
     def update(self, input_pos: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -35,8 +32,10 @@ class KVCache(nn.Module):
         return self.k, self.v
 
     def mask(self, input_pos: torch.Tensor) -> torch.Tensor:
-        """(T, S) bool: the query at input_pos[t] sees the slots at positions 0..input_pos[t]."""
-        return self.pos[None, :] <= input_pos[:, None]
+        """(T, S) bool: the query at input_pos[t] sees the slots at positions 0..input_pos[t]. Built
+        per call (slot s holds position s), so no (S, S) mask sits in memory beside the cache."""
+        slots = torch.arange(self.max_seq_len, device=input_pos.device)
+        return slots[None, :] <= input_pos[:, None]
 
     def reset(self) -> None:
         self.k.zero_()

@@ -176,13 +176,7 @@ class MoE(nn.Module):
         }
 
     def capacity(self, n_tokens: int) -> int:
-        """Assignments one expert can take. Switch: ceil(cf * top_k * N / E) for `capacity` dispatch,
-        capped at N (a token's k experts are distinct, so no expert gets more than N); N otherwise
-        (dropless)."""
-        cf = self.cfg.capacity_factor
-        if self.cfg.dispatch != "capacity" or cf is None:
-            return n_tokens
-        return min(n_tokens, math.ceil(cf * self.cfg.top_k * n_tokens / self.cfg.n_experts))
+        return expert_capacity(self.cfg, n_tokens)
 
     # -- experts: one MLP formula for every layout ------------------------------------------------
 
@@ -217,6 +211,16 @@ class MoE(nn.Module):
                 check_compilable(self.cfg, compile=True, dtype=dtype)
             return plan_grouped(route, n_tokens, dtype)
         return plan_capacity(route, batch, self.capacity(n_tokens))
+
+
+def expert_capacity(cfg: MoEConfig, n_tokens: int) -> int:
+    """Assignments one expert can take. Switch: ceil(cf * top_k * N / E) for `capacity` dispatch,
+    capped at N (a token's k experts are distinct, so no expert gets more than N); N otherwise
+    (dropless)."""
+    cf = cfg.capacity_factor
+    if cfg.dispatch != "capacity" or cf is None:
+        return n_tokens
+    return min(n_tokens, math.ceil(cf * cfg.top_k * n_tokens / cfg.n_experts))
 
 
 def plan_grouped(route: Routing, n_tokens: int, dtype: torch.dtype) -> Plan:
