@@ -39,16 +39,7 @@ def quality_row(record: VariantRecord) -> dict[str, Any]:
 
 def comparisons(records: list[VariantRecord], key: str = "test_loss") -> list[dict[str, Any]]:
     """Each variant against the baseline (the first): the paired difference over common seeds."""
-    base = records[0]
-    out = []
-    for record in records[1:]:
-        ours, theirs = by_seed(record, key), by_seed(base, key)
-        common = sorted(set(ours) & set(theirs))
-        if not common:
-            continue
-        d = paired_difference({s: ours[s] for s in common}, {s: theirs[s] for s in common})
-        out.append(difference_row(record.name, base.name, key, d))
-    return out
+    return [row for r in records[1:] if (row := paired(records, r.name, records[0].name, key))]
 
 
 def difference_row(name: str, against: str, key: str, d: PairedDifference) -> dict[str, Any]:

@@ -16,8 +16,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from llmlab.campaign.plan import Campaign, flatten
-from llmlab.config import DataConfig, RunConfig
+from llmlab.campaign.plan import Campaign
+from llmlab.config import DataConfig, RunConfig, flatten
 from llmlab.device import resolve_device, resolve_dtype
 from llmlab.errors import ConfigError
 from llmlab.runs import read_json, write_json

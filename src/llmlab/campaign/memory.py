@@ -91,9 +91,9 @@ def campaign_memory(variants: list[tuple[str, ModelConfig, bool]], seq_len: int,
                     memory_gb: float | None) -> tuple[list[dict[str, Any]], str]:
     """(memory_table rows, a one-line description) for the device a campaign would run on:
     bf16 decode on CUDA, fp32 on a CPU, as the campaign measures."""
-    from llmlab.device import resolve_device
+    from llmlab.device import resolve_device, resolve_dtype
 
     device = resolve_device(device_pref)
     budget, source = memory_budget(memory_gb, device)
-    dtype_bytes = 2 if device.type == "cuda" else 4
+    dtype_bytes = resolve_dtype("auto", device).itemsize
     return memory_table(variants, seq_len, budget, dtype_bytes), describe_budget(budget, source, dtype_bytes, seq_len)

@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmlab.config import RunConfig, deep_merge, read_toml, run_config_from_dict
+from llmlab.config import RunConfig, deep_merge, flatten, read_toml, run_config_from_dict
 from llmlab.errors import ConfigError
 from llmlab.model.accounting import count
 
@@ -252,17 +252,6 @@ def check_generate(campaign: Campaign) -> None:
         if max(gen.contexts) > v.config.model.max_seq_len:
             raise ConfigError(f"generate.contexts: {max(gen.contexts)} exceeds variant {v.name!r}'s "
                               f"model.max_seq_len ({v.config.model.max_seq_len})")
-
-
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested tables as dotted keys: {"train": {"lr": 1}} -> {"train.lr": 1}."""
-    out: dict[str, Any] = {}
-    for key, value in d.items():
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def check_match(campaign: Campaign) -> None:

@@ -16,8 +16,11 @@ compute the same function when nothing is dropped (tests/model/test_moe.py check
   Drop priority is causal: assignments rank by position t first, then batch row b, then choice k
   (all of a token's choices before any later token's, across the batch). An assignment at
   position t is kept iff fewer than C assignments at positions <= t reached its expert before it,
-  so changing tokens at positions >= t never changes what is kept (or which buffer slot it takes)
-  at positions < t: the future cannot change the past in a causal LM. (GShard's "first choices
+  so, at a fixed sequence length, changing tokens at positions >= t never changes what is kept (or
+  which buffer slot it takes) at positions < t: the future's tokens cannot change the past. C
+  itself grows with N = B*T, so a shorter sequence, or a cached decode step (N = B), drops
+  differently than the full forward: with a capacity factor, cached generation is not the training
+  forward's function (no factor: dropless, identical). (GShard's "first choices
   before second choices" over the flattened batch, Lepikhin et al. 2020 sec. 2.2, lets a later
   token's first choice evict an earlier token's second choice; Switch uses top-1, where the two
   agree.) When an expert overflows, the latest positions of the batch lose it.

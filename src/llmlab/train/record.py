@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from llmlab.config import dump_toml
+from llmlab.config import dump_toml, flatten
 from llmlab.errors import CheckpointError
 from llmlab.runs import write_bytes_atomic
 
@@ -72,7 +72,7 @@ def environment(device: torch.device, dtype: torch.dtype, world_size: int) -> di
 
 def identity(config: dict[str, Any], data_meta: dict[str, Any], world_size: int) -> dict[str, Any]:
     """What a checkpoint records about the run it belongs to, flattened to dotted keys."""
-    flat = {f"model.{k}": v for k, v in _flatten(config.get("model", {})).items()}
+    flat = {f"model.{k}": v for k, v in flatten(config.get("model", {})).items()}
     train = config.get("train", {})
     for key in DATA_ORDER_KEYS:
         section, _, name = key.partition(".")
@@ -100,17 +100,6 @@ def check_resumable(saved: dict[str, Any], current: dict[str, Any], run_dir: Pat
 
 def training_changes(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, list[Any]]:
     """Allowed differences (train.* recipe, data paths), as {key: [old, new]}, for the log."""
-    old, new = _flatten(saved), _flatten(current)
+    old, new = flatten(saved), flatten(current)
     return {k: [old.get(k), new.get(k)] for k in sorted(set(old) | set(new))
             if old.get(k) != new.get(k) and not k.startswith("model.")}
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in d.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(_flatten(value, name + "."))
-        else:
-            out[name] = value
-    return out
