@@ -22,6 +22,7 @@ NORMS = ("rmsnorm", "layernorm")
 POSITIONS = ("rope", "learned")
 MLPS = ("swiglu", "gelu")
 DISPATCHES = ("grouped", "capacity", "loop")
+GROUPED_KERNELS = ("auto", "torch", "triton")
 SCHEDULES = ("cosine", "wsd", "constant")
 # The one map of precision names users type to torch dtype names (llmlab.device.torch_dtype);
 # "auto" picks bf16 on CUDA and fp32 on CPU.
@@ -68,7 +69,11 @@ class MoEConfig:
     z_loss_coef: float = 1e-3
     """Router z-loss coefficient (ST-MoE, Zoph et al. 2022, eq. 5)."""
     dispatch: str = "grouped"
-    """grouped (dropless, torch._grouped_mm) | capacity (fixed buffers + bmm, drops) | loop (reference)."""
+    """grouped (dropless, top-k work) | capacity (fixed buffers + bmm, drops) | loop (reference)."""
+    grouped_kernel: str = "auto"
+    """The GEMM of `grouped` dispatch: torch (torch._grouped_mm) | triton (llmlab.model.grouped_gemm) |
+    auto = triton on CUDA GPUs below sm90, where torch._grouped_mm syncs with the host and loops over
+    experts (pytorch/pytorch#186620), torch elsewhere. The same function either way: only speed differs."""
 
     def __post_init__(self) -> None:
         _positive("model.moe.n_experts", self.n_experts)
@@ -86,6 +91,12 @@ class MoEConfig:
         if self.aux_loss_coef < 0 or self.z_loss_coef < 0:
             raise ConfigError("model.moe.aux_loss_coef and z_loss_coef must be >= 0")
         _choice("model.moe.dispatch", self.dispatch, DISPATCHES)
+        _choice("model.moe.grouped_kernel", self.grouped_kernel, GROUPED_KERNELS)
+        if self.grouped_kernel != "auto" and self.dispatch != "grouped":
+            raise ConfigError(
+                f"model.moe.grouped_kernel ({self.grouped_kernel!r}) only applies to dispatch = 'grouped', "
+                f"not {self.dispatch!r}; remove it or set model.moe.dispatch = \"grouped\""
+            )
         if self.capacity_factor is not None and self.dispatch != "capacity":
             raise ConfigError(
                 f"model.moe.capacity_factor ({self.capacity_factor}) only applies to dispatch = 'capacity' "

@@ -12,7 +12,8 @@ from llmlab.config import ModelConfig
 from llmlab.infer import generate
 from llmlab.model import GPT
 from llmlab.model.accounting import count
-from llmlab.model.attention import apply_rope, math_attention, rope_cache, sdpa_attention
+from llmlab.model import attention
+from llmlab.model.attention import apply_rope, folded_gqa_attention, math_attention, rope_cache, sdpa_attention
 
 
 def tiny(**kw) -> ModelConfig:
@@ -271,3 +272,50 @@ def test_config_is_not_mutated_by_model() -> None:
     before = dataclasses.asdict(cfg)
     build(cfg)
     assert dataclasses.asdict(cfg) == before
+
+
+# -- masked GQA folded into multi-head attention (the fused-kernel path of a GPU) ----------------
+
+FOLD_CASES = {  # (B, T new tokens, S cache slots, first position): decode, prefill into a longer cache
+    "decode": (1, 1, 24, 17),
+    "decode batch 3": (3, 1, 24, 9),
+    "prefill into a longer cache": (2, 7, 24, 0),
+    "chunk mid-cache": (2, 5, 24, 11),
+}
+
+
+@pytest.mark.parametrize("case", FOLD_CASES)
+@pytest.mark.parametrize("n_heads,n_kv_heads", [(8, 2), (6, 1), (4, 4)])
+def test_folded_gqa_attention_equals_math_reference(case: str, n_heads: int, n_kv_heads: int) -> None:
+    B, T, S, start = FOLD_CASES[case]
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(B, n_heads, T, 16, generator=gen)
+    k, v = (torch.randn(B, n_kv_heads, S, 16, generator=gen) for _ in range(2))
+    input_pos = torch.arange(start, start + T)
+    mask = torch.arange(S)[None, :] <= input_pos[:, None]  # the cache's mask row (KVCache.mask)
+    assert_close(folded_gqa_attention(q, k, v, mask), math_attention(q, k, v, mask), atol=1e-5, rtol=1e-5)
+
+
+def test_model_decodes_the_same_with_masked_gqa_folded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole model with folding switched on for the CPU (it is on for CUDA): cached prefill and
+    decode equal the math reference, batch 2; a wrong grouping (tile instead of repeat_interleave)
+    would fail this, since each query head's kv head is checked through the reference."""
+    model = build(tiny(n_kv_heads=2))
+    idx = torch.randint(0, 97, (2, 12))
+
+    def cached_logits() -> torch.Tensor:
+        model.setup_kv_cache(2, 32)
+        out = [model(idx[:, :8], input_pos=torch.arange(8)).logits]
+        out += [model(idx[:, p : p + 1], input_pos=torch.tensor([p])).logits for p in range(8, 12)]
+        model.clear_kv_cache()
+        return torch.cat(out, 1)
+
+    model.set_attention_impl("math")
+    ref = cached_logits()
+    model.set_attention_impl("sdpa")
+    monkeypatch.setattr(attention, "FOLD_DEVICES", ("cpu", "cuda"))
+    calls = []
+    monkeypatch.setattr(attention, "folded_gqa_attention",
+                        lambda *a: calls.append(1) or folded_gqa_attention(*a))
+    assert_close(cached_logits(), ref, atol=1e-5, rtol=1e-5)
+    assert len(calls) == 2 * 5  # 2 layers x (one masked prefill + 4 decode steps)

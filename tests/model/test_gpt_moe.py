@@ -72,7 +72,7 @@ def test_moe_stats_are_stacked_per_moe_layer() -> None:
 
 @pytest.mark.parametrize("autocast", [False, True])
 def test_moe_capacity_model_compiles_fullgraph_forward_backward(autocast: bool) -> None:
-    """fp32, and bf16 autocast as on a GPU below sm90 where `capacity` is the recommended dispatch."""
+    """fp32, and bf16 autocast as GPU training runs it."""
     torch._dynamo.reset()
     model = build(moe_cfg("capacity", capacity_factor=1.25))
     counter = CompileCounterWithBackend("aot_eager")

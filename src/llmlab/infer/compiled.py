@@ -97,7 +97,7 @@ def compiled_decode_step(model: GPT, batch_size: int, cache_len: int, warm_pos: 
     if found is not None and found.weights in (None, weights_stamp(model)):
         model.install_kv_caches(found.caches)
         return found.step, None
-    check_compilable(model.config.moe, compile=True, dtype=dtype, use="decode")  # one line, before any work
+    check_compilable(model.config.moe, compile=True, dtype=dtype, use="decode", device=device)  # before any work
     for old in [k for k in steps if k == key or k[:2] != key[:2]]:  # stale, or another shape: drop
         del steps[old]  # (both modes of one shape stay: `bench infer` interleaves them)
     model.setup_kv_cache(batch_size, cache_len)

@@ -62,10 +62,35 @@ def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
 def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
                    dropout_p: float = 0.0) -> torch.Tensor:
-    """PyTorch SDPA (flash / memory-efficient / math kernels) with native GQA (`enable_gqa`)."""
+    """PyTorch SDPA (flash / memory-efficient / cuDNN / math kernels) with native GQA (`enable_gqa`);
+    masked GQA on a GPU goes through `folded_gqa_attention`."""
     if mask is None:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p, enable_gqa=True)
+    if q.shape[1] != k.shape[1] and q.device.type in FOLD_DEVICES:
+        return folded_gqa_attention(q, k, v, mask, dropout_p)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, enable_gqa=True)
+
+
+FOLD_DEVICES = ("cuda",)
+"""Where masked GQA attention is folded. On CUDA, flash attention takes no mask and the
+memory-efficient kernel no `enable_gqa`, so masked GQA (cached decode) would fall back to the math
+kernel, which expands K and V to every query head. On CPU the fused kernel takes both (measured: no
+gain from folding there)."""
+
+
+def folded_gqa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
+                         dropout_p: float = 0.0) -> torch.Tensor:
+    """Masked GQA as multi-head attention over Hkv heads: the G query heads that share kv head j
+    (heads j*G .. j*G + G-1, `repeat_interleave` semantics) are stacked along the query axis, and
+    the mask row of each query is repeated with it. Every (query, key) score is the same as in
+    `math_attention`; only the kernel differs: one that takes a mask but not GQA now applies, and K
+    and V are never expanded. q (B, H, T, hd); k, v (B, Hkv, S, hd); mask (T, S) -> (B, H, T, hd)."""
+    B, H, T, hd = q.shape
+    Hkv = k.shape[1]
+    G = H // Hkv
+    q_folded = q.reshape(B, Hkv, G * T, hd)  # row g*T + t of kv head j = query head j*G + g at t
+    y = F.scaled_dot_product_attention(q_folded, k, v, attn_mask=mask.repeat(G, 1), dropout_p=dropout_p)
+    return y.reshape(B, H, T, hd)  # (B, Hkv, G*T, hd) -> (B, H, T, hd)
 
 
 # ---------------------------------------------------------------------------------------------

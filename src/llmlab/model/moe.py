@@ -6,10 +6,13 @@ always-on shared experts (DeepSeekMoE, Dai et al. 2024). Three interchangeable d
 compute the same function when nothing is dropped (tests/model/test_moe.py checks it):
 
 - `loop`: a Python loop over experts with boolean selections; the readable reference, eager only.
-- `grouped`: dropless. Assignments are sorted by expert and each projection is one
-  `torch._grouped_mm` with cumulative offsets; A = K*N rows whatever the routing (static shapes).
-  Eager: fp32 or bf16. Compiled: bf16 only (the op's meta kernel accepts only bf16). Autocast does
-  not cover the op, so under autocast we cast to the autocast dtype ourselves (as torchtitan does).
+- `grouped`: dropless. Assignments are sorted by expert and each projection is one grouped GEMM
+  with cumulative offsets; A = K*N rows whatever the routing (static shapes). Two kernels compute
+  it (`MoEConfig.grouped_kernel`): `torch._grouped_mm` (CPU, sm90+ GPUs; eager fp32 or bf16,
+  compiled bf16 only: the op's meta kernel accepts only bf16) and llmlab's Triton kernel
+  (`llmlab.model.grouped_gemm`: GPUs below sm90, where torch's op syncs with the host; any dtype,
+  compiled or not). Autocast does not cover either op, so under autocast we cast to the autocast
+  dtype ourselves (as torchtitan does).
 - `capacity`: Switch/GShard fixed buffers (E, C, D) and `bmm`. An expert takes at most
   C = ceil(capacity_factor * top_k * N / E) assignments; the overflow is dropped (MoE output zero for
   that slot, so the residual stream carries the token) and counted. Compiles in any dtype.
@@ -44,6 +47,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from typing import Callable, NamedTuple
 
 import torch
@@ -56,6 +60,8 @@ from llmlab.model.mlp import MLP, mlp_params
 
 Linear = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 """(x_R_in, w_E_in_out, b_E_out or None) -> x @ w[e] + b[e], e = the expert of each row."""
+GroupedMM = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""(x_R_in, w_E_in_out, offsets_E) -> x_r @ w[e(r)], rows sorted by expert (torch._grouped_mm's contract)."""
 
 
 class Routing(NamedTuple):
@@ -109,6 +115,18 @@ class MoE(nn.Module):
         n_shared = cfg.n_shared_experts
         self.shared = MLP(D, n_shared * d_ff, mlp, bias) if n_shared > 0 else None
         self.init_weights(0.02, 0.02)
+        self._pick_grouped_kernel()
+
+    def _apply(self, fn: Callable, recurse: bool = True) -> "MoE":
+        """Moving the layer (.to, .cuda, to_empty) picks the grouped GEMM for its new device again:
+        a fixed fact of the device, resolved here, in eager code, never inside a compiled region."""
+        out = super()._apply(fn, recurse)
+        self._pick_grouped_kernel()
+        return out
+
+    def _pick_grouped_kernel(self) -> None:
+        self.grouped_kernel = grouped_kernel(self.cfg, self.w_up_EDF.device) if self.cfg.dispatch == "grouped" else None
+        self.grouped_mm = triton_grouped_mm() if self.grouped_kernel == "triton" else torch_grouped_mm
 
     @torch.no_grad()
     def init_weights(self, std: float, out_std: float) -> None:
@@ -211,8 +229,8 @@ class MoE(nn.Module):
         n_tokens = batch[0] * batch[1]
         if self.cfg.dispatch == "grouped":
             if torch.compiler.is_compiling():
-                check_compilable(self.cfg, compile=True, dtype=dtype)
-            return plan_grouped(route, n_tokens, dtype)
+                _check_grouped_compilable(self.grouped_kernel, dtype, "train")
+            return plan_grouped(route, n_tokens, dtype, self.grouped_mm)
         return plan_capacity(route, batch, self.capacity(n_tokens))
 
 
@@ -226,14 +244,16 @@ def expert_capacity(cfg: MoEConfig, n_tokens: int) -> int:
     return min(n_tokens, math.ceil(cf * cfg.top_k * n_tokens / cfg.n_experts))
 
 
-def plan_grouped(route: Routing, n_tokens: int, dtype: torch.dtype) -> Plan:
+def plan_grouped(route: Routing, n_tokens: int, dtype: torch.dtype, grouped_mm: GroupedMM | None = None) -> Plan:
     """Dropless: rows = all A assignments sorted by expert; one grouped GEMM per projection, whose
-    offsets (cumulative rows per expert) change with the routing while every shape stays fixed."""
+    offsets (cumulative rows per expert) change with the routing while every shape stays fixed.
+    grouped_mm: torch._grouped_mm (default) or llmlab's Triton kernel, the same function."""
     order_A, experts_sorted_A = sort_by_expert(route.experts_A)
     offsets_E = torch.cumsum(route.counts_E, dim=0, dtype=torch.int32)
+    grouped_mm = grouped_mm or torch_grouped_mm
 
     def linear(x_R_: torch.Tensor, w_E__: torch.Tensor, b_E_: torch.Tensor | None) -> torch.Tensor:
-        out = torch._grouped_mm(x_R_.to(dtype), w_E__.to(dtype), offs=offsets_E)
+        out = grouped_mm(x_R_.to(dtype), w_E__.to(dtype), offsets_E)
         return out if b_E_ is None else out + b_E_.to(dtype)[experts_sorted_A]
 
     return Plan(order_A % n_tokens, route.weights_A[order_A], linear)
@@ -259,6 +279,31 @@ def plan_capacity(route: Routing, batch: tuple[int, int], capacity: int) -> Plan
         return torch.baddbmm(b_E_[:, None, :], x_EC_, w_E__).view(E * C, -1)
 
     return Plan((a_EC % n_tokens).reshape(E * C), weight_R, linear)
+
+
+def torch_grouped_mm(x_R_: torch.Tensor, w_E__: torch.Tensor, offsets_E: torch.Tensor) -> torch.Tensor:
+    return torch._grouped_mm(x_R_, w_E__, offs=offsets_E)
+
+
+def grouped_kernel(cfg: MoEConfig, device: torch.device | str) -> str:
+    """The GEMM `grouped` dispatch runs on `device`: cfg.grouped_kernel, or for "auto" Triton on CUDA
+    GPUs below sm90 (torch._grouped_mm has no kernel there: it copies the offsets to the host and
+    loops over experts, pytorch/pytorch#186620) and torch._grouped_mm everywhere else."""
+    if cfg.grouped_kernel != "auto":
+        return cfg.grouped_kernel
+    device = torch.device(device)
+    below_sm90 = device.type == "cuda" and torch.cuda.get_device_capability(device) < (9, 0)
+    return "triton" if below_sm90 else "torch"
+
+
+def triton_grouped_mm() -> GroupedMM:
+    """llmlab's Triton grouped GEMM (llmlab.model.grouped_gemm), or a ConfigError without triton."""
+    try:  # imported on use: triton is a GPU dependency, needed only where this kernel runs
+        from llmlab.model.grouped_gemm import grouped_mm
+    except ImportError as e:
+        raise ConfigError(f"model.moe.grouped_kernel = 'triton' needs the triton package ({e}): pip install "
+                          "triton, or set model.moe.grouped_kernel = 'torch'") from None
+    return grouped_mm
 
 
 def sort_by_expert(experts_A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -327,15 +372,6 @@ def moe_params(d_model: int, cfg: MoEConfig, mlp: str, bias: bool) -> tuple[int,
 
 # -- which dispatch runs where ---------------------------------------------------------------------
 
-CAPACITY_ADVICE = (
-    "--set model.moe.dispatch=capacity --set model.moe.capacity_factor=1.25: fixed (E, C, d) buffers + "
-    "bmm, 1.25x the top-k expert work, compiles fullgraph in bf16. What it changes: an expert takes at "
-    "most C = ceil(1.25 * top_k * tokens / n_experts) assignments a micro-batch; the overflow is dropped "
-    "(those tokens pass through the residual), latest positions first, and counted per layer in "
-    "moe_dropped_frac"
-)
-
-
 COMPILE_FIXES = {
     "train": ("set train.compile = false", "train in bf16 (autocast on a GPU)"),
     "decode": ("decode without compile (drop --compile)", "decode in bf16 (--dtype bf16)"),
@@ -343,18 +379,29 @@ COMPILE_FIXES = {
 """What to do instead, per use: (not compiling, compiling in bf16)."""
 
 
-def check_compilable(cfg: MoEConfig | None, *, compile: bool, dtype: torch.dtype | None, use: str = "train") -> None:
+def check_compilable(cfg: MoEConfig | None, *, compile: bool, dtype: torch.dtype | None, use: str = "train",
+                     device: torch.device | str = "cpu") -> None:
     """A ConfigError, before any work, for a MoE that torch.compile cannot trace: `loop` (data-dependent
-    shapes) at all, `grouped` in another dtype than bf16 (torch._grouped_mm's meta kernel takes bf16
-    only). `dtype`: the compute dtype (the autocast dtype, else None or fp32). `use`: "train" or
-    "decode", for the fix the message proposes."""
+    shapes) at all, `grouped` on torch._grouped_mm in another dtype than bf16 (its meta kernel takes
+    bf16 only; the Triton kernel compiles in any dtype). `dtype`: the compute dtype (the autocast
+    dtype, else None or fp32). `use`: "train" or "decode", for the fix the message proposes.
+    `device`: where it runs (it picks the grouped kernel)."""
     if cfg is None or not compile:
         return
-    eager, bf16 = COMPILE_FIXES[use]
     if cfg.dispatch == "loop":
-        raise ConfigError(f"model.moe.dispatch = 'loop' is eager only (data-dependent shapes): {eager}, "
+        raise ConfigError(f"model.moe.dispatch = 'loop' is eager only (data-dependent shapes): {COMPILE_FIXES[use][0]}, "
                           "or use dispatch = 'grouped' or 'capacity'")
-    if cfg.dispatch == "grouped" and dtype != torch.bfloat16:
+    if cfg.dispatch == "grouped":
+        kernel = grouped_kernel(cfg, device)
+        if kernel == "triton" and torch.device(device).type != "cuda":
+            raise ConfigError("model.moe.grouped_kernel = 'triton' compiles on a CUDA GPU only: "
+                              f"{COMPILE_FIXES[use][0]}, or use grouped_kernel = 'auto'")
+        _check_grouped_compilable(kernel, dtype, use)
+
+
+def _check_grouped_compilable(kernel: str | None, dtype: torch.dtype | None, use: str) -> None:
+    if kernel == "torch" and dtype != torch.bfloat16:
+        eager, bf16 = COMPILE_FIXES[use]
         name = str(dtype or torch.float32).removeprefix("torch.")
         raise ConfigError(f"model.moe.dispatch = 'grouped' compiles only in bf16 (torch._grouped_mm), not {name}: "
                           f"{eager}, {bf16}, or use dispatch = 'capacity' (compiles in any dtype)")
@@ -370,7 +417,7 @@ def dispatch_advice(cfg: MoEConfig | None, device: torch.device | str, *, compil
         return None
     device = torch.device(device)
     if cfg.dispatch == "grouped":
-        return _grouped_advice(device, compile, dtype)
+        return _grouped_advice(cfg, device, compile, dtype)
     if cfg.dispatch == "capacity" and cfg.capacity_factor is None:
         return (f"MoE dispatch 'capacity' without capacity_factor: dropless, but each expert computes all "
                 f"N token slots, {cfg.n_experts / cfg.top_k:.1f}x the top-k expert work; use 'grouped' "
@@ -385,20 +432,25 @@ def dispatch_advice(cfg: MoEConfig | None, device: torch.device | str, *, compil
             "train with 'grouped' or 'capacity'")
 
 
-def _grouped_advice(device: torch.device, compile: bool, dtype: torch.dtype | None) -> str:
+def _grouped_advice(cfg: MoEConfig, device: torch.device, compile: bool, dtype: torch.dtype | None) -> str:
+    kernel = grouped_kernel(cfg, device)
+    dtype_name = str(dtype or torch.float32).removeprefix("torch.")
     if device.type == "cuda":
         major, minor = torch.cuda.get_device_capability(device)
         where = f"{torch.cuda.get_device_name(device)} (sm{major}{minor})"
+        if kernel == "triton":
+            return (f"MoE dispatch 'grouped' on {where}: dropless, top-k work, llmlab's Triton grouped GEMM "
+                    "(no host sync, compiles and CUDA-graphs in any dtype; torch._grouped_mm's own kernel is sm90+ "
+                    "only: below it the op syncs with the host and loops over experts, pytorch/pytorch#186620)")
         if (major, minor) < (9, 0):
-            # torch._grouped_mm's CUDA kernel needs sm90+; below it the op loops over experts on
-            # the host after a device-to-host sync of the offsets (pytorch/pytorch#186620).
-            return (f"MoE dispatch 'grouped' on {where}: torch._grouped_mm has its fast kernel on sm90+ "
-                    "only; below it falls back to a per-expert loop with a device-to-host sync, very slow "
-                    f"(pytorch/pytorch#186620). Recommended: {CAPACITY_ADVICE}")
-        return f"MoE dispatch 'grouped' on {where}: dropless, torch._grouped_mm's sm90+ kernel, compiles in bf16"
-    advice = f"MoE dispatch 'grouped' on {device.type}: dropless, one matmul per expert (eager, fp32 or bf16)"
-    if compile and dtype != torch.bfloat16:
-        advice += (f"; torch.compile of it needs bf16 (torch._grouped_mm), this run is {str(dtype or torch.float32).removeprefix('torch.')}: "
+            return (f"MoE dispatch 'grouped' with grouped_kernel = 'torch' on {where}: torch._grouped_mm has its "
+                    "fast kernel on sm90+ only; below it falls back to a per-expert loop with a device-to-host "
+                    "sync, very slow (pytorch/pytorch#186620): use model.moe.grouped_kernel = 'auto' (Triton)")
+        advice = f"MoE dispatch 'grouped' on {where}: dropless, torch._grouped_mm's sm90+ kernel"
+    else:
+        advice = f"MoE dispatch 'grouped' on {device.type}: dropless, one matmul per expert ({kernel} kernel)"
+    if compile and kernel == "torch" and dtype != torch.bfloat16:
+        advice += (f"; torch.compile of it needs bf16 (torch._grouped_mm), this run is {dtype_name}: "
                    "set train.compile = false, or --set model.moe.dispatch=capacity (dropless without a "
                    "capacity_factor, but E x N slots of work)")
     return advice

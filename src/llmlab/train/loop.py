@@ -141,7 +141,7 @@ def _build(cfg: RunConfig, run_dir: Path, info: DistInfo) -> Run:
     grad_accum = tc.grad_accum(info.world_size)  # validates tokens_per_update first
     total_steps = tc.total_steps()
     amp = autocast_dtype(tc, info.device)
-    check_compilable(cfg.model.moe, compile=tc.compile, dtype=amp)  # before preparing any data
+    check_compilable(cfg.model.moe, compile=tc.compile, dtype=amp, device=info.device)  # before any data
     advice = dispatch_advice(cfg.model.moe, info.device, compile=tc.compile, dtype=amp)
     if advice and info.is_main:  # which MoE dispatch runs on this device, and where it is slow
         print(f"llmlab: {advice}", flush=True)

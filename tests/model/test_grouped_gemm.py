@@ -1,0 +1,116 @@
+"""The Triton grouped GEMM (the dropless MoE path below sm90), run on the CPU by Triton's
+interpreter: it equals a per-expert matmul and the loop reference, forward and backward, drops
+nothing, and is the kernel `auto` picks on a GPU below sm90 (faked here)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["TRITON_INTERPRET"] = "1"  # before llmlab.model.grouped_gemm (triton reads it per kernel definition)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from torch.testing import assert_close  # noqa: E402
+
+from llmlab.config import MoEConfig  # noqa: E402
+from llmlab.errors import ConfigError  # noqa: E402
+from llmlab.model import moe as moe_module  # noqa: E402
+from llmlab.model.moe import check_compilable, dispatch_advice, grouped_kernel  # noqa: E402
+
+pytest.importorskip("triton", reason="the Triton kernel needs the triton package (a dev dependency)")
+from llmlab.model import grouped_gemm  # noqa: E402
+from llmlab.model.grouped_gemm import BLOCK_M, grouped_mm, tile_table  # noqa: E402
+
+from test_moe import fake_gpu, make_moe, output_and_grads, random_input  # noqa: E402
+
+
+def per_expert(x_RK: torch.Tensor, w_EKN: torch.Tensor, counts: list[int]) -> torch.Tensor:
+    """The reference: each expert's rows times its own weight, one plain matmul each."""
+    return torch.cat([rows @ w_EKN[e] for e, rows in enumerate(x_RK.split(counts))])
+
+
+COUNTS = {  # rows per expert: empty experts, one row, several tiles, a partial last tile
+    "uneven": [70, 0, 5, 130],
+    "one expert takes all": [0, 0, 3 * BLOCK_M + 1, 0],
+    "single rows": [1, 1, 1, 1],
+}
+
+
+@pytest.mark.parametrize("case", COUNTS)
+def test_grouped_mm_equals_per_expert_matmul_forward_and_backward(case: str) -> None:
+    counts = COUNTS[case]
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(sum(counts), 40, generator=gen, requires_grad=True)  # K, N not multiples of the blocks
+    w = torch.randn(len(counts), 40, 72, generator=gen, requires_grad=True)
+    offsets = torch.cumsum(torch.tensor(counts), 0).int()
+    y, want = grouped_mm(x, w, offsets), per_expert(x, w, counts)
+    assert_close(y, want, atol=1e-4, rtol=1e-5)
+    g = torch.randn(y.shape, generator=gen)
+    assert_close(torch.autograd.grad(y, (x, w), g), torch.autograd.grad(want, (x, w), g), atol=1e-4, rtol=1e-5)
+
+
+def test_tile_table_covers_every_row_once() -> None:
+    """The fixed grid's tiles cover each expert's rows exactly once, never across experts."""
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(20):
+        counts = torch.randint(0, 3 * BLOCK_M, (5,), generator=gen)
+        offsets = torch.cumsum(counts, 0).int()
+        expert_T, start_T, end_T = tile_table(offsets, int(counts.sum()))
+        assert len(expert_T) == -(-int(counts.sum()) // BLOCK_M) + 5  # the grid depends on shapes only
+        owner = torch.full((int(counts.sum()),), -1)
+        for e, s, t in zip(expert_T.tolist(), start_T.tolist(), end_T.tolist()):
+            assert t - s <= BLOCK_M
+            if s < t:
+                assert (owner[s:t] == -1).all()
+                owner[s:t] = e
+        assert torch.equal(owner, torch.repeat_interleave(torch.arange(5), counts))
+
+
+@pytest.mark.parametrize("mlp,bias,n_shared", [("swiglu", False, 0), ("gelu", True, 1)])
+def test_moe_on_the_triton_kernel_equals_the_loop_reference(mlp: str, bias: bool, n_shared: int) -> None:
+    loop = make_moe("loop", mlp, bias, n_shared)
+    triton = make_moe("grouped", mlp, bias, n_shared)
+    triton.cfg.grouped_kernel = "triton"
+    triton._pick_grouped_kernel()
+    assert triton.grouped_mm is grouped_mm
+    x = random_input(n_tokens=40)
+    got, want = output_and_grads(triton, triton, x), output_and_grads(loop, loop, x)
+    assert_close(got[0], want[0], atol=1e-5, rtol=1e-4)
+    assert got[1].keys() == want[1].keys()
+    for name in got[1]:
+        assert_close(got[1][name], want[1][name], atol=1e-5, rtol=1e-4, msg=lambda m: f"grad of {name}: {m}")
+    assert triton(x)[1]["dropped_frac"].item() == 0.0  # dropless
+
+
+def test_auto_picks_triton_below_sm90_and_torch_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = MoEConfig(dispatch="grouped")
+    assert grouped_kernel(cfg, "cpu") == "torch"
+    fake_gpu(monkeypatch, "NVIDIA A100-SXM4-80GB", (8, 0))
+    assert grouped_kernel(cfg, "cuda") == "triton"
+    advice = dispatch_advice(cfg, "cuda")
+    assert "sm80" in advice and "Triton" in advice and "dropless" in advice and "186620" in advice
+    check_compilable(cfg, compile=True, dtype=torch.float32, device="cuda")  # Triton compiles in fp32 too
+    forced = MoEConfig(dispatch="grouped", grouped_kernel="torch")
+    assert "very slow" in dispatch_advice(forced, "cuda")
+    with pytest.raises(ConfigError, match="compiles only in bf16"):
+        check_compilable(forced, compile=True, dtype=torch.float32, device="cuda")
+    fake_gpu(monkeypatch, "NVIDIA H100 80GB HBM3", (9, 0))
+    assert grouped_kernel(cfg, "cuda") == "torch"
+    assert grouped_kernel(MoEConfig(dispatch="grouped", grouped_kernel="triton"), "cuda") == "triton"
+
+
+def test_triton_kernel_is_refused_where_it_cannot_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = MoEConfig(dispatch="grouped", grouped_kernel="triton")
+    with pytest.raises(ConfigError, match="compiles on a CUDA GPU only"):
+        check_compilable(cfg, compile=True, dtype=torch.bfloat16, device="cpu")
+    monkeypatch.setattr(grouped_gemm, "INTERPRET", False)
+    layer = make_moe("grouped")
+    layer.cfg.grouped_kernel = "triton"
+    layer._pick_grouped_kernel()
+    with pytest.raises(ConfigError, match="runs on a CUDA GPU"):
+        layer(random_input())
+    with pytest.raises(ConfigError, match="only applies to dispatch = 'grouped'"):
+        MoEConfig(dispatch="capacity", grouped_kernel="triton")
+    monkeypatch.setattr(moe_module, "triton_grouped_mm", lambda: (_ for _ in ()).throw(ConfigError("x")))
+    with pytest.raises(ConfigError):  # no triton package: the layer says so when it is built
+        moe_module.MoE(16, MoEConfig(dispatch="grouped", grouped_kernel="triton", d_ff_expert=8), "swiglu", False)
