@@ -7,6 +7,7 @@ import torch
 from torch.testing import assert_close
 
 from llmlab.bench.compile_check import compile_check
+from llmlab.bench.gpu_check import compiled_decode_error
 from llmlab.config import load_model_config
 from llmlab.infer import generate
 from llmlab.model import GPT
@@ -73,20 +74,34 @@ def test_generate_with_and_without_cache_on_cuda() -> None:
     assert torch.equal(generate(model, idx, 16), generate(model, idx, 16, use_kv_cache=False))
 
 
-@pytest.mark.parametrize("config", ["tiny", "tiny-moe"])
-def test_cuda_graph_decode_gives_eager_tokens(config: str) -> None:
-    """generate(compile=True) on CUDA replays the decode step as a CUDA graph: same greedy tokens,
-    and no silent fallback (inductor skips CUDA graphs, e.g. for a mutated input it does not treat
-    as static, with only a log line: its counter must stay at zero)."""
+@pytest.mark.parametrize("config", ["tiny", "tiny-gqa", "tiny-moe"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_graph_decode_matches_eager_and_never_falls_back(config: str, dtype: torch.dtype) -> None:
+    """generate(compile=True) on CUDA replays the decode step as a CUDA graph. fp32: the eager
+    tokens exactly. bf16: inductor keeps fp32 intermediates where eager rounds, so a near-tie may
+    flip a token with no bug; instead the compiled step's logits, teacher-forced along the same
+    tokens, must be within half of what a wrong mask changes on this model (`compiled_decode_error`;
+    tests/model/test_gpu_tolerance.py shows on CPU that a planted mask bug fails it). No silent
+    fallback either: inductor skips CUDA graphs (e.g. for a mutated input it does not treat as
+    static) with only a log line, so its counter must stay at zero. fp32 MoE compiles on the Triton
+    grouped GEMM (torch._grouped_mm compiles in bf16 only)."""
     from torch._dynamo.utils import counters
 
     counters.clear()
     torch.manual_seed(0)
-    model = GPT(load_model_config(f"configs/models/{config}.toml")).cuda().to(torch.bfloat16).eval()
+    overrides = ["model.moe.grouped_kernel=triton"] if config == "tiny-moe" and dtype == torch.float32 else []
+    model = GPT(load_model_config(f"configs/models/{config}.toml", overrides)).cuda().to(dtype).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(10)  # trained-like logit scale
     idx = torch.randint(0, 1000, (2, 8), device="cuda")
     eager = generate(model, idx, 32)
-    assert torch.equal(generate(model, idx, 32, compile=True), eager)
-    assert torch.equal(generate(model, idx, 32, compile=True), eager)  # the cached graph, replayed
+    compiled = generate(model, idx, 32, compile=True)
+    assert torch.equal(generate(model, idx, 32, compile=True), compiled)  # the cached graph, replayed
+    if dtype == torch.float32:
+        assert torch.equal(compiled, eager)
+    else:
+        check = compiled_decode_error(model, eager, idx.shape[1])
+        assert check["within_tolerance"], check
     assert counters["inductor"]["cudagraph_skips"] == 0, "decode ran without CUDA graphs"
 
 

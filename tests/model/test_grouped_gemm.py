@@ -1,27 +1,26 @@
-"""The Triton grouped GEMM (the dropless MoE path below sm90), run on the CPU by Triton's
-interpreter: it equals a per-expert matmul and the loop reference, forward and backward, drops
-nothing, and is the kernel `auto` picks on a GPU below sm90 (faked here)."""
+"""The Triton grouped GEMM (the dropless MoE path below sm90): it equals a per-expert matmul and the
+loop reference, forward and backward, drops nothing, and is the kernel `auto` picks on a GPU below
+sm90 (faked here). On a CPU Triton's interpreter runs it; on a GPU the same tests run the real
+kernels, and the `gpu` tests add: no host sync, compiled fullgraph, captured in a CUDA graph."""
 
 from __future__ import annotations
 
-import os
+import pytest
+import torch
+from torch.testing import assert_close
 
-os.environ["TRITON_INTERPRET"] = "1"  # before llmlab.model.grouped_gemm (triton reads it per kernel definition)
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from torch.testing import assert_close  # noqa: E402
-
-from llmlab.config import MoEConfig  # noqa: E402
-from llmlab.errors import ConfigError  # noqa: E402
-from llmlab.model import moe as moe_module  # noqa: E402
-from llmlab.model.moe import check_compilable, dispatch_advice, grouped_kernel  # noqa: E402
+from llmlab.config import MoEConfig
+from llmlab.errors import ConfigError
+from llmlab.model import moe as moe_module
+from llmlab.model.moe import check_compilable, dispatch_advice, grouped_kernel
 
 pytest.importorskip("triton", reason="the Triton kernel needs the triton package (a dev dependency)")
 from llmlab.model import grouped_gemm  # noqa: E402
 from llmlab.model.grouped_gemm import BLOCK_M, grouped_mm, tile_table  # noqa: E402
 
 from test_moe import fake_gpu, make_moe, output_and_grads, random_input  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # on a CPU, tests/conftest.py sets TRITON_INTERPRET=1
 
 
 def per_expert(x_RK: torch.Tensor, w_EKN: torch.Tensor, counts: list[int]) -> torch.Tensor:
@@ -40,12 +39,12 @@ COUNTS = {  # rows per expert: empty experts, one row, several tiles, a partial 
 def test_grouped_mm_equals_per_expert_matmul_forward_and_backward(case: str) -> None:
     counts = COUNTS[case]
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(sum(counts), 40, generator=gen, requires_grad=True)  # K, N not multiples of the blocks
-    w = torch.randn(len(counts), 40, 72, generator=gen, requires_grad=True)
-    offsets = torch.cumsum(torch.tensor(counts), 0).int()
+    x = torch.randn(sum(counts), 40, generator=gen).to(DEVICE).requires_grad_()  # K, N not block multiples
+    w = torch.randn(len(counts), 40, 72, generator=gen).to(DEVICE).requires_grad_()
+    offsets = torch.cumsum(torch.tensor(counts), 0).int().to(DEVICE)
     y, want = grouped_mm(x, w, offsets), per_expert(x, w, counts)
     assert_close(y, want, atol=1e-4, rtol=1e-5)
-    g = torch.randn(y.shape, generator=gen)
+    g = torch.randn(y.shape, generator=gen).to(DEVICE)
     assert_close(torch.autograd.grad(y, (x, w), g), torch.autograd.grad(want, (x, w), g), atol=1e-4, rtol=1e-5)
 
 
@@ -68,18 +67,22 @@ def test_tile_table_covers_every_row_once() -> None:
 
 @pytest.mark.parametrize("mlp,bias,n_shared", [("swiglu", False, 0), ("gelu", True, 1)])
 def test_moe_on_the_triton_kernel_equals_the_loop_reference(mlp: str, bias: bool, n_shared: int) -> None:
-    loop = make_moe("loop", mlp, bias, n_shared)
-    triton = make_moe("grouped", mlp, bias, n_shared)
-    triton.cfg.grouped_kernel = "triton"
-    triton._pick_grouped_kernel()
+    loop = make_moe("loop", mlp, bias, n_shared).to(DEVICE)
+    triton = triton_moe(mlp, bias, n_shared)
     assert triton.grouped_mm is grouped_mm
-    x = random_input(n_tokens=40)
+    x = random_input(n_tokens=40).to(DEVICE)
     got, want = output_and_grads(triton, triton, x), output_and_grads(loop, loop, x)
     assert_close(got[0], want[0], atol=1e-5, rtol=1e-4)
     assert got[1].keys() == want[1].keys()
     for name in got[1]:
         assert_close(got[1][name], want[1][name], atol=1e-5, rtol=1e-4, msg=lambda m: f"grad of {name}: {m}")
     assert triton(x)[1]["dropped_frac"].item() == 0.0  # dropless
+
+
+def triton_moe(*args: object, **kw: object) -> moe_module.MoE:
+    layer = make_moe("grouped", *args, **kw)
+    layer.cfg.grouped_kernel = "triton"
+    return layer.to(DEVICE)  # moving it picks the kernel again
 
 
 def test_auto_picks_triton_below_sm90_and_torch_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -108,9 +111,40 @@ def test_triton_kernel_is_refused_where_it_cannot_run(monkeypatch: pytest.Monkey
     layer.cfg.grouped_kernel = "triton"
     layer._pick_grouped_kernel()
     with pytest.raises(ConfigError, match="runs on a CUDA GPU"):
-        layer(random_input())
+        layer(random_input())  # a CPU tensor, no interpreter
     with pytest.raises(ConfigError, match="only applies to dispatch = 'grouped'"):
         MoEConfig(dispatch="capacity", grouped_kernel="triton")
     monkeypatch.setattr(moe_module, "triton_grouped_mm", lambda: (_ for _ in ()).throw(ConfigError("x")))
     with pytest.raises(ConfigError):  # no triton package: the layer says so when it is built
         moe_module.MoE(16, MoEConfig(dispatch="grouped", grouped_kernel="triton", d_ff_expert=8), "swiglu", False)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_triton_moe_on_cuda_never_syncs_compiles_and_graph_captures(dtype: torch.dtype) -> None:
+    """The point of the kernel: no device-to-host sync (CUDA's sync debug mode raises on one) in the
+    forward and backward, fullgraph compile equal to eager, and a CUDA graph that replays it."""
+    import torch._dynamo
+
+    layer = triton_moe().to(dtype)
+    x = random_input(n_tokens=256).to("cuda", dtype)
+    want = layer(x)[0]
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        y, stats = layer(x)
+        y.float().square().sum().backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch._dynamo.reset()
+    compiled = torch.compile(layer, fullgraph=True)
+    assert_close(compiled(x)[0], want, **({} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 2e-2}))
+    static_x = x.clone()
+    graph = torch.cuda.CUDAGraph()
+    layer(static_x)  # warm-up on the side stream is not needed for this eager op
+    with torch.cuda.graph(graph):
+        static_y = layer(static_x)[0]
+    static_x.copy_(random_input(n_tokens=256).to("cuda", dtype).flip(0))
+    graph.replay()
+    assert_close(static_y, layer(static_x)[0])

@@ -22,6 +22,7 @@ from torch import nn
 from llmlab.bench.common import emit_json, environment, print_table
 from llmlab.config import DTYPES, RunConfig, load_run_config
 from llmlab.timing import median, sync
+from llmlab.train.step import StepResult
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -45,7 +46,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 # What is timed
 
 
-def _our_step(cfg: RunConfig, device: torch.device, amp: torch.dtype | None, compiled: bool) -> Callable[[], None]:
+def our_step(cfg: RunConfig, device: torch.device, amp: torch.dtype | None, compiled: bool) -> Callable[[], StepResult]:
+    """llmlab's training step on one fixed batch (model seed 0): each call one update, returning its
+    StepResult (`applied` False for a non-finite step, skipped)."""
     from llmlab.train.optim import build_optimizer
     from llmlab.train.setup import build_model
     from llmlab.train.step import LossHead, train_step
@@ -58,8 +61,8 @@ def _our_step(cfg: RunConfig, device: torch.device, amp: torch.dtype | None, com
     batch = _batch(cfg, device)
     tc = cfg.train
 
-    def step() -> None:
-        train_step(module, model, optimizer, lambda: batch, 1, tc.grad_clip, device)
+    def step() -> StepResult:
+        return train_step(module, model, optimizer, lambda: batch, 1, tc.grad_clip, device)
 
     return step
 
@@ -98,7 +101,7 @@ def _peer_step(cfg: RunConfig, device: torch.device, amp: torch.dtype | None) ->
 
 
 def _hf_model(cfg: RunConfig, device: torch.device) -> tuple[nn.Module, str]:
-    """Our model's initial weights (the seed of `_our_step`) in transformers' Llama / Mistral /
+    """Our model's initial weights (the seed of `our_step`) in transformers' Llama / Mistral /
     Mixtral (`llmlab.export.hf`), checked to give our logits on the benchmark batch: equal work.
     ExportError when the config has no equivalent or transformers is missing."""
     from llmlab.export.hf import check_same_function, to_transformers
@@ -191,9 +194,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def _implementations(cfg: RunConfig, device: torch.device, amp: torch.dtype | None, args: argparse.Namespace
                      ) -> tuple[dict[str, Callable[[], None]], list[str]]:
-    steps = {"llmlab eager": _our_step(cfg, device, amp, compiled=False)}
+    steps = {"llmlab eager": our_step(cfg, device, amp, compiled=False)}
     if not args.no_compile:
-        steps["llmlab compiled"] = _our_step(cfg, device, amp, compiled=True)
+        steps["llmlab compiled"] = our_step(cfg, device, amp, compiled=True)
     notes: list[str] = []
     if args.no_peer:
         return steps, notes

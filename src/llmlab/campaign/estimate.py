@@ -80,10 +80,10 @@ def measure_cpu_rate(variant: Variant, steps: int = 3) -> float:
     `steps` after one warm-up step."""
     import torch
 
-    from llmlab.bench.train import _our_step  # the benchmark's own timed step: model, loss, AdamW
+    from llmlab.bench.train import our_step  # the benchmark's own timed step: model, loss, AdamW
     from llmlab.timing import median, time_fn
 
-    step = _our_step(variant.config, torch.device("cpu"), None, compiled=False)
+    step = our_step(variant.config, torch.device("cpu"), None, compiled=False)
     seconds = median(time_fn(step, "cpu", repeats=steps, warmup=1))
     t = variant.config.train
     return t.micro_batch_size * t.seq_len / seconds
