@@ -6,6 +6,7 @@ Layout of a run directory (train writes it; eval, generate, campaign and report 
     env.json            where and with what it ran
     metrics.jsonl       one JSON object a line (llmlab.train.metrics writes it)
     result.json         final figures, written once the run ends
+    eval_windows.json   the final test evaluation window by window (summed loss, targets scored)
     infer.json          decode measurements (campaign)
     checkpoints/        step-XXXXXXXX.pt + manifest.json (sha256 of each committed checkpoint)
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
 
 CONFIG_FILE = "config.toml"
 METRICS_FILE = "metrics.jsonl"
+EVAL_WINDOWS_FILE = "eval_windows.json"
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
 _CHUNK = 1 << 22
@@ -107,6 +110,39 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     """The run's metrics.jsonl rows ([] before the first row is written)."""
     path = Path(run_dir) / METRICS_FILE
     return read_jsonl(path) if path.is_file() else []
+
+
+@dataclass(frozen=True)
+class WindowLosses:
+    """An evaluation window by window (padding rows dropped): the summed cross-entropy of each
+    window's scored targets and their count -- what a bootstrap over test windows resamples."""
+
+    loss_sum: list[float]
+    tokens: list[int]
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(self.tokens)
+
+    @property
+    def mean(self) -> float:
+        """Mean cross-entropy per scored target over all windows (0 when nothing was scored)."""
+        return math.fsum(self.loss_sum) / max(self.n_tokens, 1)
+
+
+def write_eval_windows(run_dir: str | Path, split: str, windows: WindowLosses) -> None:
+    """Record one split's per-window losses in eval_windows.json ({split: {"loss_sum", "tokens"}})."""
+    path = Path(run_dir) / EVAL_WINDOWS_FILE
+    record = read_json(path) if path.is_file() else {}
+    record[split] = {"loss_sum": windows.loss_sum, "tokens": windows.tokens}
+    write_json(path, record)
+
+
+def read_eval_windows(run_dir: str | Path, split: str = "test") -> WindowLosses | None:
+    """One split's per-window losses, None for a run recorded before they were kept."""
+    path = Path(run_dir) / EVAL_WINDOWS_FILE
+    entry = read_json(path).get(split) if path.is_file() else None
+    return WindowLosses(entry["loss_sum"], entry["tokens"]) if entry else None
 
 
 # ---------------------------------------------------------------------------------------------

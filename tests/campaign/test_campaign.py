@@ -494,3 +494,40 @@ def test_findings_state_results_against_the_hypothesis() -> None:
     assert text.endswith("Verdict: **contradicted (the difference goes the other way)**.")
     unclear = paired_difference({0: 2.00, 1: 2.20, 2: 2.05}, {0: 2.10, 1: 2.05, 2: 2.08})
     assert "not resolved at this budget" in loss_finding("h", difference_row("a", "b", "test_loss", unclear))
+
+
+def test_an_outlier_seed_is_named_and_the_family_is_holm_corrected(tmp_path: Path) -> None:
+    """Three seeds per arm; gqa's seed 2 ends 0.4 nats above its other two. The report names it (never
+    averaged in silently), pools the seed noise over the compared arms only, and gives each loss
+    hypothesis its raw and Holm p and an evaluation-noise interval from the per-window records."""
+    from llmlab.runs import WindowLosses, write_eval_windows
+
+    vals = {"b": (3.50, 3.52, 3.48), "g": (3.30, 3.31, 3.70), "k": (3.40, 3.45, 3.41)}
+    for arm, losses in vals.items():
+        for seed, val in enumerate(losses):
+            run_dir = tmp_path / arm / f"seed-{seed}"
+            fake_run(run_dir, val, moe=False)
+            test = val + 0.1  # fake_run's test loss
+            write_eval_windows(run_dir, "test", WindowLosses([(test + e) * 32 for e in (0.02, -0.02, 0.01, -0.01)],
+                                                             [32] * 4))
+    model = {"b": {"n_heads": 4, "n_kv_heads": 4}, "g": {"n_heads": 8, "n_kv_heads": 2},
+             "k": {"n_heads": 4, "n_kv_heads": 2}}
+    variant = lambda name, arm, **kw: {"name": name, "dir": arm, "lr": 1e-3, "config": {"model": model[arm]},  # noqa: E731
+                                       "runs": [{"seed": s, "dir": f"{arm}/seed-{s}"} for s in range(3)], **kw}
+    (tmp_path / "campaign.json").write_text(json.dumps({"seeds": [0, 1, 2], "variants": [
+        variant("base", "b"), variant("gqa", "g"), variant("kv-only", "k", ablation=True)]}))
+    md = write_report(tmp_path, memory_gb=1.0)["markdown"]
+    flagged = md.split("## Flagged runs")[1].split("##")[0]
+    assert "| gqa | 2 | outlier | test_loss 3.8000 against the arm's median 3.4100" in flagged
+    assert "| base |" not in flagged and "| kv-only |" not in flagged
+    findings = md.split("## Findings")[1]
+    assert "**Flagged runs**: gqa seed 2 (outlier: test_loss 3.8000" in findings
+    assert "pooled over the compared arms (base, gqa)" in findings and "Ablations apart: kv-only" in findings
+    table = md.split("## Loss hypotheses (one family, Holm)")[1].split("##")[0]
+    assert "p (raw) | p (Holm) | eval-noise CI low | eval-noise CI high | verdict (Holm) |" in table
+    rows = [line for line in table.splitlines() if line.startswith("| GQA") or line.startswith("| Fewer")]
+    assert len(rows) == 2
+    # the same 4 windows for every run, shifted: evaluation noise is zero width at the seed mean
+    gqa = rows[0].split(" | ")
+    assert gqa[2] == "-0.0633" and gqa[7] == gqa[8] == "-0.0633"
+    assert "Holm-adjusted over the 2 loss hypotheses p = " in findings

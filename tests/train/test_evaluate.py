@@ -19,7 +19,7 @@ from llmlab.model import GPT
 from llmlab.runs import load_run_model
 from llmlab.train import evaluate_run, train
 from llmlab.train.evaluate import split_figures
-from llmlab.train.step import bind_eval_loss, evaluate
+from llmlab.train.step import bind_eval_loss, evaluate, evaluate_windows
 
 SEQ_LEN = 32
 EOT = 256  # the byte tokenizer's end-of-text id
@@ -111,7 +111,13 @@ def test_stride_equal_to_seq_len_is_the_non_overlapping_evaluation(byte_data):
         for start in range(0, 80, 16):
             logp = torch.log_softmax(model(ids[None, start:start + 16]).logits[0].double(), dim=-1)
             nll -= logp[torch.arange(16), ids[start + 1:start + 17]].sum().item()
+            if start == 0:
+                first_window_nll = nll
     cpu = torch.device("cpu")
+    by_window = evaluate_windows(fn, eval_batches(byte_data, "test", 16, 3, max_windows=5), cpu)
+    assert by_window.tokens == [16] * 5  # 5 windows in batches of 3: the padding row is dropped
+    assert math.fsum(by_window.loss_sum) == pytest.approx(nll, rel=1e-6)
+    assert by_window.loss_sum[0] == pytest.approx(first_window_nll, rel=1e-5)
     for stride in (None, 16):
         loss, tokens = evaluate(fn, eval_batches(byte_data, "test", 16, 3, max_windows=5, stride=stride), cpu)
         assert tokens == 80

@@ -12,6 +12,7 @@ import torch
 
 from llmlab.config import load_run_config
 from llmlab.errors import CheckpointError, ConfigError
+from llmlab.runs import read_eval_windows
 from llmlab.train import TrainingDiverged, checkpoint, train
 from llmlab.train.lock import RunDirBusy, RunLock
 
@@ -34,6 +35,8 @@ def test_tiny_variant_trains_and_loss_goes_down(variant, make_config, tmp_path, 
     assert "test_word_ppl" not in result  # words are the unit of WikiText only, not of pydocs
     assert result["test_ppl"] == pytest.approx(math.exp(result["test_loss"]))
     assert result["val_loss"] < math.log(257)
+    windows = read_eval_windows(tmp_path / "run", "test")  # per-window: the report's bootstrap resamples them
+    assert windows.n_tokens == result["test_tokens"] and windows.mean == pytest.approx(result["test_loss"], rel=1e-12)
     rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "val_loss" in r] == [20, 40]
     if variant == "moe":

@@ -8,11 +8,16 @@ train/stability.py's; router saturation is train/routing_probe.py's.
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from llmlab.campaign.records import VariantRecord, result
-from llmlab.campaign.stats import PairedDifference, paired_difference, pooled_std, resolvable_difference, summarize
+from llmlab.campaign.stats import (BootstrapInterval, OutlierRule, PairedDifference, bootstrap_difference,
+                                   outlying_seeds, paired_difference, pooled_std, resolvable_difference, summarize)
+from llmlab.runs import read_eval_windows
 
 # (result.json key, label, format): the quality figures averaged over seeds. Word perplexity is
 # in result.json only where words are defined (WikiText); bits per byte everywhere.
@@ -60,13 +65,66 @@ def paired(records: list[VariantRecord], name: str, against: str, key: str = "te
     return difference_row(name, against, key, d)
 
 
-def seed_noise(records: list[VariantRecord], key: str = "test_loss") -> dict[str, float | None]:
-    """The seed std of `key` pooled over variants, and the smallest difference it lets n seeds
-    resolve (stats.resolvable_difference)."""
-    summaries = [summarize(list(v.values())) for r in records if (v := by_seed(r, key))]
-    std = pooled_std(summaries)
+def seed_noise(records: list[VariantRecord], key: str = "test_loss") -> dict[str, Any]:
+    """The seed std of `key` pooled over the compared arms (baseline and compared variants; the
+    ablations apart: an ablation changes the recipe, so its noise is not the comparison's), the
+    smallest difference it lets n seeds resolve (stats.resolvable_difference), the same pool
+    without the runs OutlierRule flags, and each ablation's own std."""
+    compared = [r for r in records if r.kind != "ablation"]
+    std, n = _pooled(compared, key)
+    flagged = {(row["variant"], row["seed"]) for row in outlier_rows(records, key)}
+    clean_std, _ = _pooled(compared, key, drop=flagged)
+    ablations = {r.name: summarize(list(v.values())).std for r in records
+                 if r.kind == "ablation" and len(v := by_seed(r, key)) > 1}
+    return {"std": std, "n": n, "resolvable": resolvable_difference(std, n) if std is not None else None,
+            "arms": [r.name for r in compared], "std_without_flagged": clean_std if flagged else None,
+            "ablations": ablations}
+
+
+def _pooled(records: list[VariantRecord], key: str, drop: Collection[tuple[str, int]] = ()) -> tuple[float | None, int]:
+    """(pooled seed std, fewest seeds of a variant with two or more) over `records`, leaving out
+    the (variant, seed) runs in `drop`."""
+    summaries = [summarize(list(v.values())) for r in records
+                 if (v := {s: x for s, x in by_seed(r, key).items() if (r.name, s) not in drop})]
     n = min((s.n for s in summaries if s.n > 1), default=0)  # variants short of seeds resolve less
-    return {"std": std, "n": n, "resolvable": resolvable_difference(std, n) if std is not None else None}
+    return pooled_std(summaries), n
+
+
+def outlier_rows(records: list[VariantRecord], key: str = "test_loss",
+                 rule: OutlierRule = OutlierRule()) -> list[dict[str, Any]]:
+    """The finished runs whose `key` OutlierRule flags against their arm's other seeds."""
+    rows = []
+    for r in records:
+        values = by_seed(r, key)
+        median = float(np.median(list(values.values()))) if values else None
+        for seed, z in sorted(outlying_seeds(values, rule).items()):
+            rows.append({"variant": r.name, "seed": seed, "run": str(r.runs[seed]), "problem": "outlier",
+                         "detail": f"{key} {values[seed]:.4f} against the arm's median {median:.4f} "
+                                   f"(robust z {z:+.1f}); kept in the means, named here"})
+    return rows
+
+
+def flagged_runs(records: list[VariantRecord], key: str = "test_loss") -> list[dict[str, Any]]:
+    """Every run a reader must know about before trusting a mean: seeds far from their arm's
+    others (outlier_rows) and runs that diverged or did not finish (left out of the means)."""
+    failed = [{"variant": r.name, "seed": seed, "run": "-", "problem": status,
+               "detail": "did not finish: left out of the means and the pairing"}
+              for r in records for seed, status in sorted(r.failed.items())]
+    return outlier_rows(records, key) + failed
+
+
+def window_bootstrap(records: list[VariantRecord], name: str, against: str, n_resamples: int = 2000,
+                     seed: int = 0) -> BootstrapInterval | None:
+    """Evaluation noise of name − against on the test set (stats.bootstrap_difference) over their
+    common seeds; None when a run has no per-window record (made before they were kept)."""
+    found = {r.name: r for r in records}
+    ours, theirs = found[name], found[against]
+    common = sorted(set(by_seed(ours, "test_loss")) & set(by_seed(theirs, "test_loss")))
+    windows = {s: (read_eval_windows(ours.runs[s]), read_eval_windows(theirs.runs[s])) for s in common}
+    if not common or any(v is None or b is None for v, b in windows.values()):
+        return None
+    return bootstrap_difference({s: v for s, (v, _) in windows.items()}, {s: b for s, (_, b) in windows.items()},
+                                n_resamples=n_resamples, seed=seed)
 
 
 def stability_rows(records: list[VariantRecord]) -> list[dict[str, Any]]:

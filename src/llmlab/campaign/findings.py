@@ -9,9 +9,11 @@ Which variant tests which hypothesis is read from the configs, not from names:
   there is one: "further");
 - the KV cache: every variant's decode sweep; GQA's memory: the memory table.
 
-A loss hypothesis ("lowers test loss") is *supported* when the paired 95 % interval of the
-difference lies below 0, *contradicted* when it lies above 0, and *not resolved at this budget*
-otherwise (stats.py's verdicts).
+The loss hypotheses (LOSS_HYPOTHESES) are one family: each gets the paired t-test's raw p and its
+Holm-adjusted p over the family (Holm 1979), and its verdict from the adjusted one -- *supported*
+when the adjusted p is below 0.05 and the difference is negative, *contradicted* when it is below
+0.05 and positive, *not resolved at this budget* otherwise. Beside the seed interval (paired t)
+each gets an evaluation-noise interval (paired bootstrap over test windows, weights fixed).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 
 from llmlab.campaign import aggregate
 from llmlab.campaign.records import VariantRecord, infer
-from llmlab.campaign.stats import BETTER, NO_DIFFERENCE, ONE_SEED, WORSE
+from llmlab.campaign.stats import BETTER, NO_DIFFERENCE, ONE_SEED, WORSE, OutlierRule, adjusted_verdict, holm
 
 VERDICT = {BETTER: "supported", WORSE: "contradicted (the difference goes the other way)",
            NO_DIFFERENCE: "not resolved at this budget", ONE_SEED: "not testable with one seed"}
@@ -48,14 +50,45 @@ def roles(records: list[VariantRecord]) -> dict[str, VariantRecord]:
     return out
 
 
+# (role of the variant, role of the one it is compared with (None: the baseline), the claim)
+LOSS_HYPOTHESES = (("gqa", None, "GQA with more query heads lowers test loss"),
+                   ("kv_only", None, "Fewer KV heads alone (ablation, fewer parameters) lowers test loss"),
+                   ("moe", None, "GQA + MoE lowers test loss"),
+                   ("moe", "gqa", "GQA + MoE lowers test loss further than GQA"))
+
+
+def loss_hypotheses(records: list[VariantRecord], alpha: float = 0.05) -> list[dict[str, Any]]:
+    """The family of loss hypotheses this campaign can test, each a paired row (aggregate.paired)
+    plus "title", "p_holm" (Holm over the family), "verdict_holm" and "bootstrap" (evaluation
+    noise, or None where per-window losses were not recorded)."""
+    role = roles(records)
+    rows = []
+    for key, against, title in LOSS_HYPOTHESES:
+        if key not in role or (against is not None and against not in role):
+            continue
+        other = records[0].name if against is None else role[against].name
+        row = aggregate.paired(records, role[key].name, other)
+        if row is not None:
+            rows.append(row | {"title": title, "bootstrap": aggregate.window_bootstrap(records, role[key].name, other)})
+    for row, p in zip(rows, holm([row["p_value"] for row in rows])):
+        row["p_holm"], row["verdict_holm"] = p, adjusted_verdict(row["difference"], p, alpha)
+    return rows
+
+
 def loss_finding(title: str, row: dict[str, Any] | None) -> str:
     if row is None:
         return f"- **{title}**: no paired runs to compare."
     d = row["difference"]
+    family = f", Holm-adjusted over the {row['family']} loss hypotheses p = {row['p_holm']:.3g}" \
+        if row.get("p_holm") is not None else ""
     effect = (f"test loss {row['variant']} − {row['against']} = {d.mean:+.4f} nats/token"
-              + ("" if d.low is None else f", 95 % CI [{d.low:+.4f}, {d.high:+.4f}] over {d.n} paired seeds"
-                 + ("" if d.p_value is None else f" (paired t-test p = {d.p_value:.3g})")))
-    return f"- **{title}**: {effect}. Verdict: **{VERDICT[d.verdict]}**."
+              + ("" if d.low is None else f", 95 % CI [{d.low:+.4f}, {d.high:+.4f}] over {d.n} paired seeds (seed noise)"
+                 + ("" if d.p_value is None else f" (paired t-test p = {d.p_value:.3g}{family})")))
+    boot = row.get("bootstrap")
+    if boot is not None:
+        effect += (f"; evaluation noise alone (paired bootstrap over {boot.n_windows:,} test windows, weights fixed): "
+                   f"95 % [{boot.low:+.4f}, {boot.high:+.4f}]")
+    return f"- **{title}**: {effect}. Verdict: **{VERDICT[row.get('verdict_holm', d.verdict)]}**."
 
 
 def memory_finding(memory: list[dict[str, Any]], gqa: VariantRecord | None) -> str:
@@ -102,26 +135,40 @@ def noise_finding(records: list[VariantRecord]) -> str:
     if noise["std"] is None:
         return ("- **Seed noise**: one seed per variant: no standard deviation, so no difference in loss can be "
                 "told from seed noise.")
-    return (f"- **Seed noise**: the seed standard deviation of the final test loss, pooled over variants, is "
-            f"{noise['std']:.4f} nats/token; with {noise['n']} seeds, differences between two variants' means "
-            f"below about {noise['resolvable']:.4f} cannot be told from seed noise (unpaired t half-width; "
-            "pairing by seed can resolve smaller differences).")
+    text = (f"- **Seed noise**: the seed standard deviation of the final test loss, pooled over the compared arms "
+            f"({', '.join(noise['arms'])}), is {noise['std']:.4f} nats/token; with {noise['n']} seeds, differences "
+            f"between two variants' means below about {noise['resolvable']:.4f} cannot be told from seed noise "
+            "(unpaired t half-width; pairing by seed can resolve smaller differences).")
+    if noise["std_without_flagged"] is not None:
+        text += f" Without the flagged runs (below) it is {noise['std_without_flagged']:.4f}."
+    if noise["ablations"]:
+        text += " Ablations apart: " + ", ".join(f"{name} {std:.4f}" for name, std in noise["ablations"].items()) + "."
+    return text
 
 
-def findings(records: list[VariantRecord], memory: list[dict[str, Any]]) -> str:
-    """The Findings section's markdown."""
+def flagged_finding(records: list[VariantRecord]) -> str:
+    """Runs that are far from their arm's other seeds or did not finish, by name."""
+    flagged = aggregate.flagged_runs(records)
+    if not flagged:
+        return f"- **Flagged runs**: none (outlier rule: {OutlierRule().describe()}; no run diverged)."
+    names = "; ".join(f"{f['variant']} seed {f['seed']} ({f['problem']}: {f['detail']})" for f in flagged)
+    return f"- **Flagged runs**: {names}. Outlier rule: {OutlierRule().describe()}."
+
+
+def findings(records: list[VariantRecord], memory: list[dict[str, Any]],
+             hypotheses: list[dict[str, Any]] | None = None) -> str:
+    """The Findings section's markdown. hypotheses: loss_hypotheses(records), when already computed."""
     role = roles(records)
-    base = records[0].name
-    pair = lambda key, against=base: (aggregate.paired(records, role[key].name, against)  # noqa: E731
-                                      if key in role else None)
+    rows = loss_hypotheses(records) if hypotheses is None else hypotheses
+    by_title = {row["title"]: row | {"family": len(rows)} for row in rows}
     lines = ["## Findings", "",
-             "Generated from the records above (paired by seed; 95 % intervals: paired t, scipy): "
-             "supported = interval below 0, contradicted = above 0, otherwise not resolved at this budget.", "",
-             loss_finding("GQA with more query heads lowers test loss", pair("gqa")),
-             loss_finding("Fewer KV heads alone (ablation, fewer parameters) lowers test loss", pair("kv_only")),
-             memory_finding(memory, role.get("gqa") or role.get("kv_only")),
-             loss_finding("GQA + MoE lowers test loss", pair("moe"))]
-    if "moe" in role and "gqa" in role:
-        lines.append(loss_finding("GQA + MoE lowers test loss further than GQA", pair("moe", role["gqa"].name)))
-    lines += [cache_finding(records), noise_finding(records)]
+             f"Generated from the records above (paired by seed; 95 % intervals: paired t, scipy). The {len(rows)} loss "
+             "hypotheses are one family: verdicts use Holm-adjusted p-values (supported = adjusted p < 0.05 with the "
+             "difference below 0, contradicted = above 0, otherwise not resolved at this budget).", ""]
+    for key, against, title in LOSS_HYPOTHESES:
+        if key == "moe" and against is None:
+            lines.append(memory_finding(memory, role.get("gqa") or role.get("kv_only")))
+        if against is None or (key in role and against in role):
+            lines.append(loss_finding(title, by_title.get(title)))
+    lines += [cache_finding(records), noise_finding(records), flagged_finding(records)]
     return "\n".join(lines) + "\n"

@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from llmlab.campaign import aggregate, figures
-from llmlab.campaign.findings import findings
+from llmlab.campaign.findings import findings, loss_hypotheses
 from llmlab.campaign.integrity import run_dirname
 from llmlab.campaign.memory import MEMORY_COLUMNS, describe_budget, memory_budget, memory_table
 from llmlab.campaign.records import VariantRecord, all_run_dirs, load_records, provenance
 from llmlab.campaign.records import infer as infer_record, result as result_record
+from llmlab.campaign.stats import OutlierRule
 from llmlab.errors import LLMLabError
 from llmlab.runs import read_metrics, write_bytes_atomic
 
@@ -177,6 +178,15 @@ SWEEP_LR_COLUMNS: list[Column] = [
     ("variant", "variant", ""), ("lr", "lr", "g"), ("steps", "updates", ",d"), ("status", "status", ""),
     ("val_loss", "final val loss", ".4f"), ("chosen", "chosen", ""),
 ]
+HYPOTHESIS_COLUMNS: list[Column] = [
+    ("title", "hypothesis", ""), ("n", "paired seeds", "d"), ("mean", "Δ test loss", "+.4f"),
+    ("low", "seed CI low", "+.4f"), ("high", "seed CI high", "+.4f"), ("p_value", "p (raw)", ".3g"),
+    ("p_holm", "p (Holm)", ".3g"), ("eval_low", "eval-noise CI low", "+.4f"), ("eval_high", "eval-noise CI high", "+.4f"),
+    ("verdict_holm", "verdict (Holm)", ""),
+]
+FLAGGED_COLUMNS: list[Column] = [
+    ("variant", "variant", ""), ("seed", "seed", "d"), ("problem", "problem", ""), ("detail", "detail", ""),
+]
 STABILITY_COLUMNS: list[Column] = [
     ("variant", "variant", ""), ("run", "run", ""), ("loss_spikes", "loss spikes", "d"),
     ("loss_spike_steps", "at steps", ""), ("grad_spikes", "grad-norm spikes", "d"), ("grad_spike_steps", "at steps", ""),
@@ -204,9 +214,34 @@ def method_section(campaign: dict[str, Any]) -> str:
     else:
         lines.append("- Learning rate: each variant's config (no sweep in this campaign).")
     lines.append(f"- Spikes (loss and gradient norm, per run): {SpikeRule().describe()}.")
-    lines.append("- Differences: variant − baseline per seed; 95 % paired t interval (scipy); better / worse when"
-                 " the interval excludes 0, otherwise no difference detectable at this budget.")
+    lines.append("- Differences: variant − baseline per seed; 95 % paired t interval (scipy) = seed noise. The loss"
+                 " hypotheses form one family: beside each raw p its Holm-adjusted p (Holm 1979), and the verdict from"
+                 " the adjusted p (better / worse below 0.05, otherwise no difference detectable at this budget).")
+    lines.append("- Evaluation noise, apart: a paired bootstrap over the test windows (the same resampled windows for"
+                 " both arms and every seed; 2,000 resamples, seed 0; percentile 95 % interval), weights held fixed.")
+    lines.append(f"- Seed noise is pooled over the compared arms (ablations apart). Flagged by name, never silently"
+                 f" averaged: runs that diverged, and runs far from their arm's other seeds: {OutlierRule().describe()}.")
     return "\n".join(lines) + "\n"
+
+
+def hypotheses_section(rows: list[dict[str, Any]]) -> str:
+    """The family of loss hypotheses: raw and Holm-adjusted p, seed and evaluation-noise intervals."""
+    if not rows:
+        return ""
+    table = [r | {"eval_low": r["bootstrap"].low if r["bootstrap"] else None,
+                  "eval_high": r["bootstrap"].high if r["bootstrap"] else None} for r in rows]
+    return ("## Loss hypotheses (one family, Holm)\n\nSeed CI: paired t over seeds (95 %). Eval-noise CI: paired"
+            " bootstrap over test windows with the trained weights fixed (95 %; '-' where per-window losses were not"
+            f" recorded). Verdicts on the Holm-adjusted p.\n\n{markdown(table, HYPOTHESIS_COLUMNS)}")
+
+
+def flagged_section(records: list[VariantRecord]) -> str:
+    """Runs named before any mean is read: outlying seeds and runs that did not finish."""
+    rows = aggregate.flagged_runs(records)
+    if not rows:
+        return ""
+    return ("## Flagged runs\n\nRuns a mean would hide. Outliers stay in the means (the Findings give the seed"
+            " noise without them); runs that did not finish are left out.\n\n" + markdown(rows, FLAGGED_COLUMNS))
 
 
 def sweep_section(records: list[VariantRecord], plot: str | None) -> str:
@@ -269,6 +304,7 @@ def report_markdown(directory: Path, records: list[VariantRecord], rows: list[di
                     campaign: dict[str, Any], memory: tuple[list[dict[str, Any]], str], plots: dict[str, str | None],
                     moe_text: str) -> str:
     parts = [f"# Campaign report: {directory.name}\n"]
+    hypotheses = loss_hypotheses(records)
     if any(r.get("kind") == "ablation" for r in rows):
         parts.append("Variants of kind *ablation* isolate one change; they are exempt from the parameter"
                      " match and are not iso-parameter comparisons.\n")
@@ -281,6 +317,8 @@ def report_markdown(directory: Path, records: list[VariantRecord], rows: list[di
             diffs = aggregate.comparisons(records)
             if diffs:
                 parts.append(f"## Paired differences against {records[0].name}\n\n{markdown(diffs, DIFFERENCE_COLUMNS)}")
+            parts.append(hypotheses_section(hypotheses))
+            parts.append(flagged_section(records))
             parts.append(sweep_section(records, plots.get("lr_sweep")))
     stability = aggregate.stability_rows(records)
     unfinished = "".join(f"- {r.name}, seed {seed}: {status} (left out of the means and the pairing)\n"
@@ -295,7 +333,7 @@ def report_markdown(directory: Path, records: list[VariantRecord], rows: list[di
                      " prefill (time to first token) apart; medians of interleaved repeats; speedups are"
                      f" over the no-cache baseline at the same point.\n\n{markdown(sweep, SWEEP_COLUMNS)}"
                      + _image(plots.get("decode")))
-    parts.append(findings(records, memory[0]))
+    parts.append(findings(records, memory[0], hypotheses))
     parts.append(record_section(records))
     return "\n".join(p for p in parts if p)
 

@@ -20,8 +20,10 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from llmlab.errors import LLMLabError
+from llmlab.runs import WindowLosses
 
 BETTER = "better"
 WORSE = "worse"
@@ -160,5 +162,156 @@ def _check_confidence(confidence: float) -> None:
         raise LLMLabError(f"confidence must be in (0, 1), got {confidence}")
 
 
-__all__ = ["Summary", "PairedDifference", "summarize", "paired_difference",
-           "resolvable_difference", "pooled_std", "BETTER", "WORSE", "NO_DIFFERENCE", "ONE_SEED"]
+# ---------------------------------------------------------------------------------------------
+# A family of hypotheses: Holm's step-down correction
+
+
+def holm(p_values: Sequence[float | None]) -> list[float | None]:
+    """Holm-adjusted p-values (Holm 1979, "A simple sequentially rejective multiple test
+    procedure"), in the input order; None (a comparison with no test) stays None and is not
+    counted in the family. With the m p-values sorted p_(1) <= ... <= p_(m):
+
+        adj_(i) = max_{j <= i} min(1, (m - j + 1) · p_(j))
+
+    Rejecting where adj < alpha controls the family-wise error rate at alpha under any
+    dependence between the tests (the comparisons share the baseline's runs)."""
+    tested = sorted((p, i) for i, p in enumerate(p_values) if p is not None)
+    m = len(tested)
+    out: list[float | None] = [None] * len(p_values)
+    running = 0.0
+    for rank, (p, i) in enumerate(tested):
+        if not 0.0 <= p <= 1.0:
+            raise LLMLabError(f"p-value must be in [0, 1], got {p}")
+        running = max(running, min(1.0, (m - rank) * p))
+        out[i] = running
+    return out
+
+
+def adjusted_verdict(d: PairedDifference, p_adjusted: float | None, alpha: float = 0.05,
+                     lower_is_better: bool = True) -> str:
+    """The verdict of a comparison judged inside its family: better / worse when the adjusted p
+    is below alpha (the sign from the mean difference), otherwise no difference detectable. For
+    a paired t-test, raw p < alpha is the same as the (1 - alpha) interval excluding 0, so with a
+    family of one this is `paired_difference`'s verdict."""
+    if d.low is None:
+        return ONE_SEED
+    if p_adjusted is None:  # every seed moved by the same amount: no test, the interval is a point
+        return d.verdict
+    if p_adjusted >= alpha:
+        return NO_DIFFERENCE
+    return _verdict(d.mean, d.mean, lower_is_better)
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation noise: a paired bootstrap over evaluation windows
+
+
+@dataclass(frozen=True)
+class BootstrapInterval:
+    """Percentile interval of the seed-mean difference when the evaluation windows are redrawn."""
+
+    mean: float
+    """The difference on the windows as evaluated (the token-weighted loss difference, seed mean)."""
+    low: float
+    high: float
+    confidence: float
+    n_windows: int
+    n_resamples: int
+
+
+def bootstrap_difference(variant: Mapping[int, WindowLosses], baseline: Mapping[int, WindowLosses],
+                         n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0) -> BootstrapInterval:
+    """Evaluation noise of variant − baseline: how much the test-loss difference would move if the
+    test set were another draw of windows like these, with the trained weights held fixed.
+
+    Each resample draws n windows with replacement -- the same windows for both variants and for
+    every seed (all runs score the same windows), which is what makes it paired (Efron &
+    Tibshirani 1993, ch. 13; Koehn 2004 for paired bootstrap over test items). Per seed the
+    difference is sum(loss_v - loss_b)[idx] / sum(tokens)[idx]; the statistic is its mean over
+    seeds, and the interval its percentiles over resamples. This says nothing about seed noise
+    (another initialisation or data order): that is the t interval's job. Windows cut across
+    articles, so neighbouring windows are correlated and this interval is, if anything, narrow.
+    Deterministic for a given `seed` (numpy's PCG64)."""
+    import numpy as np
+
+    _check_confidence(confidence)
+    if set(variant) != set(baseline) or not variant:
+        raise LLMLabError(f"unpaired seeds: variant has {sorted(variant)}, baseline has {sorted(baseline)}")
+    diffs, tokens = _window_differences(variant, baseline)  # (S, W), (W,)
+    rng = np.random.default_rng(seed)
+    stats_r = np.empty(n_resamples)
+    chunk = max(1, 2_000_000 // diffs.shape[1])  # resamples per chunk: bounded memory for large test sets
+    for start in range(0, n_resamples, chunk):
+        idx = rng.integers(0, diffs.shape[1], size=(min(chunk, n_resamples - start), diffs.shape[1]))  # (R, W)
+        stats_r[start:start + len(idx)] = (diffs[:, idx].sum(-1) / tokens[idx].sum(-1)).mean(0)
+    tail = 100 * (1 - confidence) / 2
+    low, high = np.percentile(stats_r, [tail, 100 - tail])
+    mean = float((diffs.sum(-1) / tokens.sum()).mean())
+    return BootstrapInterval(mean, float(low), float(high), confidence, diffs.shape[1], n_resamples)
+
+
+def _window_differences(variant: Mapping[int, WindowLosses], baseline: Mapping[int, WindowLosses]) -> tuple[Any, Any]:
+    """Per-seed, per-window loss differences (S, W) and the windows' target counts (W,); every
+    run must have scored the same windows (same count, same targets per window)."""
+    import numpy as np
+
+    tokens = np.asarray(baseline[min(baseline)].tokens, dtype=np.float64)
+    rows = []
+    for s in sorted(variant):
+        v, b = variant[s], baseline[s]
+        if not (len(v.tokens) == len(b.tokens) == len(tokens)) or np.any(np.asarray(v.tokens) != tokens) \
+                or np.any(np.asarray(b.tokens) != tokens):
+            raise LLMLabError(f"seed {s}: the runs scored different evaluation windows; a paired bootstrap "
+                              "needs the same test windows (same data, seq_len and stride)")
+        rows.append(np.asarray(v.loss_sum, dtype=np.float64) - np.asarray(b.loss_sum, dtype=np.float64))
+    if not len(tokens) or tokens.sum() == 0:
+        raise LLMLabError("no evaluation windows to resample")
+    return np.stack(rows), tokens
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs far from their arm's other seeds
+
+
+@dataclass(frozen=True)
+class OutlierRule:
+    """A seed whose final loss sits far from its arm's median: the modified z-score of Iglewicz &
+    Hoaglin (1993), with a floor on the scale so that near-identical seeds do not flag noise.
+
+        |x_s - median(arm)| > threshold · max(1.4826 · MAD(arm), rel_floor · |median(arm)|)
+
+    The median and MAD (median absolute deviation) are the arm's own, outlier included: robust
+    statistics, one bad seed of three moves neither (a mean and sd would, and hide it). 1.4826
+    turns a MAD into a standard deviation for Gaussian noise; 3.5 is Iglewicz & Hoaglin's cut.
+    With three seeds the MAD is the smaller of the two other distances, so a lone far seed scores
+    high and two far seeds on either side do not: the rule names a seed that disagrees with the
+    other two, and needs at least `min_seeds` (with two, neither can be called the odd one)."""
+
+    threshold: float = 3.5
+    rel_floor: float = 0.01
+    """The scale is at least this fraction of the median: 1 % of a loss of 2 nats is 0.02 nats."""
+    min_seeds: int = 3
+
+    def describe(self) -> str:
+        return (f"|x − median| > {self.threshold:g} × max(1.4826 MAD, {self.rel_floor:g} |median|) over the arm's "
+                f"seeds (modified z-score, Iglewicz & Hoaglin 1993; needs ≥ {self.min_seeds} seeds)")
+
+
+def outlying_seeds(values: Mapping[int, float], rule: OutlierRule = OutlierRule()) -> dict[int, float]:
+    """{seed: robust z} of the seeds that OutlierRule flags (empty below rule.min_seeds seeds)."""
+    import numpy as np
+
+    if len(values) < rule.min_seeds:
+        return {}
+    x = np.asarray(list(values.values()), dtype=np.float64)
+    median = float(np.median(x))
+    scale = max(1.4826 * float(np.median(np.abs(x - median))), rule.rel_floor * abs(median))
+    if scale == 0.0:
+        return {}
+    z = {seed: (v - median) / scale for seed, v in values.items()}
+    return {seed: float(score) for seed, score in z.items() if abs(score) > rule.threshold}
+
+
+__all__ = ["Summary", "PairedDifference", "summarize", "paired_difference", "resolvable_difference", "pooled_std",
+           "holm", "adjusted_verdict", "BootstrapInterval", "bootstrap_difference",
+           "OutlierRule", "outlying_seeds", "BETTER", "WORSE", "NO_DIFFERENCE", "ONE_SEED"]

@@ -32,7 +32,7 @@ from llmlab.device import resolve_device
 from llmlab.runs import load_run_model
 from llmlab.train.distributed import DistInfo
 from llmlab.train.setup import autocast_dtype, compile_fn, prepare_data
-from llmlab.train.step import EvalFn, bind_eval_loss, eval_context, evaluate
+from llmlab.train.step import EvalFn, bind_eval_loss, eval_context, evaluate_windows
 
 SPLITS = ("val", "test")
 
@@ -64,18 +64,22 @@ def _exp(x: float) -> float:
 
 def evaluate_split(eval_fn: EvalFn, model: nn.Module,
                    cfg: RunConfig, data_dir: Path, meta: dict[str, Any], split: str,
-                   max_windows: int | None, device: torch.device, stride: int | None = None) -> dict[str, float]:
+                   max_windows: int | None, device: torch.device, stride: int | None = None,
+                   keep_windows: bool = False) -> dict[str, Any]:
     """Loss, perplexity, bits per byte, word perplexity (WikiText), tokens scored and the stride
-    (None = train.eval_stride, whose 0 means seq_len: non-overlapping windows)."""
+    (None = train.eval_stride, whose 0 means seq_len: non-overlapping windows). keep_windows adds
+    "windows": the per-window losses (step.WindowLosses) a bootstrap over test windows needs."""
     tc = cfg.train
     stride = stride or tc.eval_stride or tc.seq_len
     batches = eval_batches(data_dir, split, tc.seq_len, tc.micro_batch_size, max_windows=max_windows,
                            vocab_size=cfg.model.vocab_size, stride=stride)
     with eval_context(model):
-        loss, tokens = evaluate(eval_fn, batches, device)
-    figures = split_figures(loss, meta["splits"].get(split, {}), meta.get("dataset", ""))
-    figures["tokens"] = tokens
+        windows = evaluate_windows(eval_fn, batches, device)
+    figures: dict[str, Any] = split_figures(windows.mean, meta["splits"].get(split, {}), meta.get("dataset", ""))
+    figures["tokens"] = windows.n_tokens
     figures["stride"] = stride
+    if keep_windows:
+        figures["windows"] = windows
     return figures
 
 

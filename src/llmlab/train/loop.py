@@ -29,7 +29,7 @@ from torch import nn
 from llmlab.config import RunConfig
 from llmlab.errors import LLMLabError
 from llmlab.model.moe import check_compilable, dispatch_advice
-from llmlab.runs import write_json
+from llmlab.runs import write_eval_windows, write_json
 from llmlab.train import checkpoint, distributed
 from llmlab.train.evaluate import evaluate_split
 from llmlab.train.distributed import DistInfo, any_rank, broadcast_object, gather_objects
@@ -335,8 +335,9 @@ def _peak(run: Run) -> float | None:
 # Evaluation and the end of the run
 
 
-def _evaluate(run: Run, split: str, max_windows: int | None) -> dict[str, float]:
-    return evaluate_split(run.eval_fn, run.model, run.cfg, run.data_dir, run.meta, split, max_windows, run.info.device)
+def _evaluate(run: Run, split: str, max_windows: int | None, keep_windows: bool = False) -> dict[str, Any]:
+    return evaluate_split(run.eval_fn, run.model, run.cfg, run.data_dir, run.meta, split, max_windows, run.info.device,
+                          keep_windows=keep_windows)
 
 
 def _log_eval(run: Run) -> dict[str, float]:
@@ -355,7 +356,8 @@ def _finish(run: Run) -> dict[str, Any]:
     if run.saved_step != run.step:
         _save(run)
     val = _log_eval(run)
-    test = _evaluate(run, "test", None)
+    test = _evaluate(run, "test", None, keep_windows=True)
+    windows = test.pop("windows")  # per-window test losses: the report's bootstrap over test windows
     timed = _timed(run)
     rate = timed["steps"] * run.cfg.train.tokens_per_update / timed["seconds"] if timed["seconds"] else None
     result = {
@@ -366,6 +368,7 @@ def _finish(run: Run) -> dict[str, Any]:
         "dtype": str(_dtype(run)).removeprefix("torch."), "params": count(run.cfg.model, seq_len=run.cfg.train.seq_len),
     }
     if run.info.is_main:
+        write_eval_windows(run.run_dir, "test", windows)
         write_json(run.run_dir / "result.json", result)
         run.progress.message(
             f"done: val_loss {val['loss']:.4f} (ppl {val['ppl']:.2f}), test_loss {test['loss']:.4f} "

@@ -16,11 +16,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmlab.data.loader import IGNORE_INDEX  # targets that carry no loss (the eval loader pads with it)
+from llmlab.runs import WindowLosses
 from llmlab.train.distributed import all_reduce_mean, no_sync
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 EvalFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-"""(x, y) -> (summed cross-entropy, number of targets)."""
+"""(x, y) -> (summed cross-entropy, number of targets), each of shape (B,): one per window."""
 
 
 class LossHead(nn.Module):
@@ -115,27 +116,39 @@ def evaluate(loss_fn: EvalFn, batches: Iterable[Batch], device: torch.device) ->
     """(mean cross-entropy per predicted token, tokens predicted) over fixed-shape batches, where
     padding targets are IGNORE_INDEX. Every rank evaluates all of them, so the figure is the same
     at any world size; one host sync at the end."""
-    total = torch.zeros((), dtype=torch.float64, device=device)
-    count = torch.zeros((), dtype=torch.int64, device=device)
+    windows = evaluate_windows(loss_fn, batches, device)
+    return windows.mean, windows.n_tokens
+
+
+@torch.no_grad()
+def evaluate_windows(loss_fn: EvalFn, batches: Iterable[Batch], device: torch.device) -> WindowLosses:
+    """Per-window summed cross-entropy and target counts, kept on the device until one host sync
+    at the end. Rows with no target (the last batch's padding) are dropped."""
+    sums: list[torch.Tensor] = []
+    counts: list[torch.Tensor] = []
     for x, y in batches:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        batch_sum, batch_count = loss_fn(x, y)
-        total += batch_sum.double()
-        count += batch_count
-    n = int(count.item())
-    return (total / max(n, 1)).item(), n
+        batch_sums, batch_counts = loss_fn(x, y)  # (B,), (B,)
+        sums.append(batch_sums.double())
+        counts.append(batch_counts)
+    if not sums:
+        return WindowLosses([], [])
+    loss_sum, tokens = torch.cat(sums).tolist(), torch.cat(counts).tolist()
+    keep = [i for i, n in enumerate(tokens) if n > 0]
+    return WindowLosses([loss_sum[i] for i in keep], [int(tokens[i]) for i in keep])
 
 
 def eval_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, autocast_dtype: torch.dtype | None
               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(summed cross-entropy, number of targets) of one batch; targets equal to IGNORE_INDEX (the
-    padding of the last eval batch) count for nothing. This is the function compiled for
-    evaluation: a separate code object from LossHead.forward, so evaluating never counts as a
-    recompile of the train step."""
+    """(summed cross-entropy, number of targets) of each window (row) of one batch, both (B,);
+    targets equal to IGNORE_INDEX (the padding of the last eval batch) count for nothing. This is
+    the function compiled for evaluation: a separate code object from LossHead.forward, so
+    evaluating never counts as a recompile of the train step."""
     with torch.autocast(x.device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
         logits = model(x).logits
-    loss_sum = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
-    return loss_sum, (y != IGNORE_INDEX).sum()
+    per_target = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX,
+                                 reduction="none")  # (B*T,), 0 where ignored
+    return per_target.view(y.shape).sum(-1), (y != IGNORE_INDEX).sum(-1)
 
 
 def bind_eval_loss(model: nn.Module, autocast_dtype: torch.dtype | None) -> EvalFn:
