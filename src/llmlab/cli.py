@@ -376,7 +376,7 @@ def _print_estimate(cost: dict[str, Any]) -> None:
     from llmlab.bench.common import print_table
 
     per = cost["per_variant"]
-    print(f"\nruns: {cost['runs']} = {len(cost['rows'])} variants x ({per['sweep_runs']} sweep LRs + "
+    print(f"\nruns: {cost['runs']} = {len(cost['rows'])} variants x ({per['sweep_runs']} sweep runs + "
           f"{per['seed_runs']} seeds); {per['full_run_equivalents']:g} full-run equivalents per variant")
     print_table(cost["rows"], [
         ("variant", "variant", ""), ("active", "active (with emb.)", ",d"), ("tokens", "tokens/run", ",d"),

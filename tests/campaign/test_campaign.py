@@ -406,6 +406,69 @@ def test_lr_choice_rule() -> None:
     assert choose_lr("v", entries) == 1e-3
     with pytest.raises(LLMLabError, match="no sweep run finished"):
         choose_lr("v", [entries[2]])
+    # sweep.seeds: the mean over seeds decides, and a rate at which any seed diverged is out
+    seeds = [{"lr": 1e-3, "seed": 0, "status": "completed", "val_loss": 2.00},
+             {"lr": 1e-3, "seed": 1, "status": "completed", "val_loss": 2.02},
+             {"lr": 2e-3, "seed": 0, "status": "completed", "val_loss": 1.95},  # best single run...
+             {"lr": 2e-3, "seed": 1, "status": "completed", "val_loss": 2.10},  # ...worse mean (2.025)
+             {"lr": 4e-3, "seed": 0, "status": "completed", "val_loss": 1.90},
+             {"lr": 4e-3, "seed": 1, "status": "diverged", "val_loss": None}]
+    assert choose_lr("v", seeds) == 1e-3
+
+
+def test_lr_choice_flags_the_grid_edge_and_a_cliff() -> None:
+    """The CPU study's GQA: 2e-3 chosen at val 2.041 next to 2.658 at 4e-3 (+30 %, threshold 10 %)."""
+    from llmlab.campaign.schedule import choice_flags
+
+    curve = lambda vals: [{"lr": lr, "status": "completed" if v else "diverged", "val_loss": v}  # noqa: E731
+                                       for lr, v in zip((5e-4, 1e-3, 2e-3, 4e-3), vals)]
+    gqa = choice_flags(2e-3, curve((2.30, 2.15, 2.041, 2.658)))
+    assert gqa == ["next to a much worse neighbour: lr 0.004 at val 2.658 against 2.041 (+30 %, threshold 10 %)"]
+    assert choice_flags(1e-3, curve((2.10, 2.05, 2.08, 2.12))) == []  # a smooth optimum inside the grid
+    assert choice_flags(4e-3, curve((2.3, 2.2, 2.1, 2.0)))[0].startswith("at the grid's edge")
+    assert choice_flags(2e-3, curve((2.3, 2.2, 2.1, None))) == ["next to lr 0.004, which diverged"]
+
+
+def test_sweep_on_several_seeds_and_a_larger_validation_set(tmp_path: Path) -> None:
+    from llmlab.campaign.estimate import runs_per_variant
+    from llmlab.campaign.schedule import sweep_runs
+
+    head = "seeds = [3, 4]\n[sweep]\nlr = [1e-3, 2e-3]\nfraction = 0.5\nseeds = [3, 5]\neval_windows = 96\n"
+    variant = f'[[variant]]\nname = "a"\ninclude = "{REPO}/configs/models/tiny.toml"\n'
+    path = tmp_path / "c.toml"
+    path.write_text(f'include = "{REPO}/configs/runs/_pydocs-tiny.toml"\n' + head + variant)
+    runs = sweep_runs(load_campaign(path))
+    assert [(r.lr, r.seed, r.dirname) for r in runs] == [
+        (1e-3, 3, "a/sweep/lr-0.001"), (1e-3, 5, "a/sweep/lr-0.001-seed-5"),  # the first seed keeps its layout
+        (2e-3, 3, "a/sweep/lr-0.002"), (2e-3, 5, "a/sweep/lr-0.002-seed-5")]
+    assert {(r.config.train.seed, r.config.train.eval_windows) for r in runs} == {(3, 96), (5, 96)}
+    assert runs_per_variant(load_campaign(path))["sweep_runs"] == 4  # the plan counts them: 2 LRs x 2 seeds
+    for bad, message in (("seeds = [1, 1]", "sweep.seeds must be a list of distinct"),
+                         ("eval_windows = -1", "sweep.eval_windows must be an integer >= 0")):
+        path.write_text(f'include = "{REPO}/configs/runs/_pydocs-tiny.toml"\n[sweep]\nlr = [1e-3, 2e-3]\n{bad}\n'
+                        + variant)
+        with pytest.raises(ConfigError, match=message):
+            load_campaign(path)
+
+
+def test_report_draws_the_lr_curve_over_seeds_and_flags_a_cliff(tmp_path: Path) -> None:
+    fake_run(tmp_path / "b/seed-0", 2.0, moe=False)
+    sweep = []
+    for lr, vals in ((1e-3, (2.10, 2.12)), (2e-3, (2.04, 2.05)), (4e-3, (2.60, 2.70))):
+        for seed, val in enumerate(vals):
+            d = f"b/sweep/lr-{lr:g}" + (f"-seed-{seed}" if seed else "")
+            fake_run(tmp_path / d, val, moe=False)
+            sweep.append({"lr": lr, "seed": seed, "dir": d, "status": "completed", "val_loss": val, "steps": 2})
+    (tmp_path / "campaign.json").write_text(json.dumps({
+        "seeds": [0], "sweep": {"lr": [1e-3, 2e-3, 4e-3], "fraction": 0.5, "rule": "r", "seeds": [0, 1],
+                                "eval_windows": 128},
+        "variants": [{"name": "base", "dir": "b", "lr": 2e-3, "sweep": sweep, "runs": [{"seed": 0, "dir": "b/seed-0"}]}]}))
+    md = write_report(tmp_path, memory_gb=1.0)["markdown"]
+    assert "(seeds [0, 1], 128 validation windows, same tokens" in md
+    section = md.split("## Learning-rate sweep")[1].split("##")[0]
+    assert "| base | 0.002 | 2 | 2 | completed | 2.0450 | 2.0400, 2.0500 | yes |" in section
+    assert "- base (lr 0.002): next to a much worse neighbour: lr 0.004 at val 2.650 against 2.045 (+30 %" in section
+    assert "sweep lr 0.004 seed 1" in md  # its stability row names the seed
 
 
 @pytest.mark.parametrize("head, message", [

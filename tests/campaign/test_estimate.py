@@ -83,5 +83,5 @@ def test_125m_campaign_plans_about_four_and_a_half_epochs() -> None:
 def test_plan_command_prints_runs_and_wall_time() -> None:
     out = subprocess.run([sys.executable, "-m", "llmlab", "plan", str(REPO / "configs/campaigns/cpu-study.toml"),
                           "--memory-gb", "1"], capture_output=True, text=True, check=True).stdout
-    assert "runs: 28 = 4 variants x (4 sweep LRs + 3 seeds)" in out
+    assert "runs: 28 = 4 variants x (4 sweep runs + 3 seeds)" in out
     assert "at 40% MFU (bf16 peak) (--measure-cpu for this CPU)" in out

@@ -134,7 +134,9 @@ def stability_rows(records: list[VariantRecord]) -> list[dict[str, Any]]:
 
     rows = []
     for record in records:
-        sweep = [(f"sweep lr {e['lr']:g}", Path(e["dir"])) for e in record.sweep if e["status"] == "completed"]
+        several = len({e.get("seed") for e in record.sweep}) > 1  # sweep.seeds: name the seed too
+        sweep = [(f"sweep lr {e['lr']:g}" + (f" seed {e['seed']}" if several else ""), Path(e["dir"]))
+                 for e in record.sweep if e["status"] == "completed"]
         for label, run_dir in [(f"seed {seed}", d) for seed, d in sorted(record.runs.items())] + sweep:
             spikes = run_stability(run_dir)
             rows.append({

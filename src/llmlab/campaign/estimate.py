@@ -47,7 +47,7 @@ def approx_split_tokens(variant: Variant) -> int | None:
 
 def runs_per_variant(campaign: Campaign) -> dict[str, Any]:
     """Sweep and seed runs per variant, and their cost in full-run equivalents."""
-    n_lr = len(campaign.sweep.lr) if campaign.sweep else 0
+    n_lr = len(campaign.sweep.lr) * max(1, len(campaign.sweep.seeds)) if campaign.sweep else 0  # LRs x sweep seeds
     fraction = campaign.sweep.fraction if campaign.sweep else 0.0
     seeds = len(campaign.seeds)
     return {"sweep_runs": n_lr, "seed_runs": seeds, "runs": n_lr + seeds, "full_run_equivalents": n_lr * fraction + seeds}

@@ -13,6 +13,7 @@ import numpy as np
 
 from llmlab.campaign.aggregate import by_seed, routing_over_training
 from llmlab.campaign.records import VariantRecord, infer
+from llmlab.campaign.schedule import lr_points
 from llmlab.runs import read_metrics
 
 
@@ -107,26 +108,31 @@ def _params(record: VariantRecord) -> dict[str, int]:
 
 
 def lr_sweep(records: list[VariantRecord], path: Path) -> str | None:
-    """Final validation loss of each sweep run against its learning rate (log scale); the chosen
-    LR circled; diverged points drawn at the top as crosses."""
+    """Each variant's LR curve: mean final validation loss over the sweep seeds against the
+    learning rate (log scale), single seeds as small dots; the chosen LR circled; diverged points
+    drawn at the top as crosses."""
     plt = pyplot()
     if not any(r.sweep for r in records):
         return None
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for record in records:
-        done = [(e["lr"], e["val_loss"]) for e in record.sweep if e.get("val_loss") is not None]
+        points = lr_points(record.sweep)
+        done = [(p["lr"], p["val_loss"]) for p in points if p["val_loss"] is not None]
         if not done:
             continue
         line = ax.plot(*zip(*done), "o-", label=record.name)[0]
+        seeds = [(p["lr"], v) for p in points if p["seeds"] > 1 for v in p["values"] if v is not None]
+        if seeds:
+            ax.plot(*zip(*seeds), ".", color=line.get_color(), alpha=0.5, markersize=4)
         chosen = [v for lr, v in done if lr == record.lr]
         if chosen:
             ax.plot([record.lr], chosen, "o", markersize=12, markerfacecolor="none", color=line.get_color())
-        for e in record.sweep:
-            if e["status"] == "diverged":
-                ax.plot([e["lr"]], [max(v for _, v in done)], "x", color=line.get_color(), markersize=9)
+        for p in points:
+            if p["diverged"]:
+                ax.plot([p["lr"]], [max(v for _, v in done)], "x", color=line.get_color(), markersize=9)
     ax.set_xscale("log")
-    ax.set(xlabel="peak learning rate", ylabel="final validation loss (sweep run)",
-           title="LR sweep: circled = chosen (lowest val loss); x = diverged")
+    ax.set(xlabel="peak learning rate", ylabel="final validation loss (sweep, mean over seeds)",
+           title="LR sweep: circled = chosen (lowest mean val loss); x = diverged")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     return _save(fig, path)

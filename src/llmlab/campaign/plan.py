@@ -9,6 +9,8 @@ seeds = [0, 1, 2]                         # every variant at every seed (default
 [sweep]                                   # optional: each variant's LR chosen on the same tokens
 lr = [1e-3, 2e-3, 4e-3]                   # the grid (schedule.py: lowest final val loss wins)
 fraction = 0.5                            # share of the budget each sweep run trains on
+seeds = [0, 1]                            # optional: the sweep at several seeds (default: the first seed)
+eval_windows = 256                        # optional: a larger validation set for the sweep runs
 
 [generate]                                # the inference sweep after training
 contexts = [64, 192]                      # sequence length at the last decoded token
@@ -113,8 +115,15 @@ class SweepSpec:
     """Share of the budget each sweep run trains on (rounded down to whole updates, at least one);
     its schedule (warm-up, cosine) is the full run's compressed to that length. A shorter sweep
     favours higher learning rates a little: the rule is stated in the report."""
+    seeds: list[int] = field(default_factory=list)
+    """Seeds each grid LR runs at (empty: the campaign's first seed); the choice is on the mean
+    final validation loss over them, so one seed's luck does not pick the rate."""
+    eval_windows: int = 0
+    """Validation windows of a sweep run (0: the variant's train.eval_windows); the choice is only
+    as good as this estimate of the validation loss."""
 
     def __post_init__(self) -> None:
+        self._check_seeds_and_windows()
         lrs = self.lr
         if not isinstance(lrs, list) or len(lrs) < 2 or not all(isinstance(x, (int, float)) and x > 0 for x in lrs):
             raise ConfigError(f"sweep.lr must be a list of at least two positive learning rates; got {lrs!r}")
@@ -123,6 +132,14 @@ class SweepSpec:
         self.lr = sorted(float(x) for x in lrs)
         if not isinstance(self.fraction, (int, float)) or not 0 < self.fraction <= 1:
             raise ConfigError(f"sweep.fraction must be in (0, 1]; got {self.fraction!r}")
+
+    def _check_seeds_and_windows(self) -> None:
+        seeds = self.seeds
+        if not isinstance(seeds, list) or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0
+                                                  for x in seeds) or len(set(seeds)) != len(seeds):
+            raise ConfigError(f"sweep.seeds must be a list of distinct integers >= 0; got {seeds!r}")
+        if isinstance(self.eval_windows, bool) or not isinstance(self.eval_windows, int) or self.eval_windows < 0:
+            raise ConfigError(f"sweep.eval_windows must be an integer >= 0 (0: the variant's); got {self.eval_windows!r}")
 
 
 @dataclass
@@ -195,7 +212,7 @@ def _sweep(path: Path, table: Any) -> SweepSpec | None:
     try:
         return SweepSpec(**table)
     except TypeError as e:
-        raise ConfigError(f"{path}: [sweep]: {e} (keys: lr, fraction)") from None
+        raise ConfigError(f"{path}: [sweep]: {e} (keys: lr, fraction, seeds, eval_windows)") from None
 
 
 def _seeds(path: Path, seeds: Any) -> list[int]:

@@ -24,6 +24,7 @@ from llmlab.campaign.integrity import run_dirname
 from llmlab.campaign.memory import MEMORY_COLUMNS, describe_budget, memory_budget, memory_table
 from llmlab.campaign.records import VariantRecord, all_run_dirs, load_records, provenance
 from llmlab.campaign.records import infer as infer_record, result as result_record
+from llmlab.campaign.schedule import CLIFF, choice_flags, lr_points
 from llmlab.campaign.stats import OutlierRule
 from llmlab.errors import LLMLabError
 from llmlab.runs import read_metrics, write_bytes_atomic
@@ -175,8 +176,9 @@ DIFFERENCE_COLUMNS: list[Column] = [
     ("p_value", "p (paired t)", ".3g"), ("verdict", "verdict", ""),
 ]
 SWEEP_LR_COLUMNS: list[Column] = [
-    ("variant", "variant", ""), ("lr", "lr", "g"), ("steps", "updates", ",d"), ("status", "status", ""),
-    ("val_loss", "final val loss", ".4f"), ("chosen", "chosen", ""),
+    ("variant", "variant", ""), ("lr", "lr", "g"), ("steps", "updates", ",d"), ("seeds", "seeds", "d"),
+    ("status", "status", ""), ("val_loss", "final val loss (mean)", ".4f"), ("per_seed", "per seed", ""),
+    ("chosen", "chosen", ""),
 ]
 HYPOTHESIS_COLUMNS: list[Column] = [
     ("title", "hypothesis", ""), ("n", "paired seeds", "d"), ("mean", "Δ test loss", "+.4f"),
@@ -209,8 +211,10 @@ def method_section(campaign: dict[str, Any]) -> str:
         lines.append(f"- Seeds {campaign['seeds']}: every variant at every seed; seed s sets the initialisation"
                      " and the data order, so runs with the same seed are paired across variants.")
     if sweep:
-        lines.append(f"- Learning rate: a sweep over {sweep['lr']} on {sweep['fraction']:g} of the budget (first"
-                     f" seed, same tokens for every variant; min_lr scaled with the LR); chosen: {sweep['rule']}.")
+        seeds = f"seeds {sweep['seeds']}" if len(sweep.get("seeds") or []) > 1 else "first seed"
+        windows = f", {sweep['eval_windows']} validation windows" if sweep.get("eval_windows") else ""
+        lines.append(f"- Learning rate: a sweep over {sweep['lr']} on {sweep['fraction']:g} of the budget ({seeds}"
+                     f"{windows}, same tokens for every variant; min_lr scaled with the LR); chosen: {sweep['rule']}.")
     else:
         lines.append("- Learning rate: each variant's config (no sweep in this campaign).")
     lines.append(f"- Spikes (loss and gradient norm, per run): {SpikeRule().describe()}.")
@@ -245,16 +249,23 @@ def flagged_section(records: list[VariantRecord]) -> str:
 
 
 def sweep_section(records: list[VariantRecord], plot: str | None) -> str:
-    rows = [{"variant": r.name, "lr": e["lr"], "steps": e.get("steps"), "status": e["status"],
-             "val_loss": e.get("val_loss"), "chosen": "yes" if e["lr"] == r.lr else ""}
-            for r in records for e in r.sweep]
+    """Each variant's LR curve (mean final val loss over the sweep seeds per grid LR), the chosen
+    point, and the choices that deserve a second look (schedule.choice_flags)."""
+    rows = []
+    for r in records:
+        steps = {e["lr"]: e.get("steps") for e in r.sweep}
+        for p in lr_points(r.sweep):
+            status = "diverged" if p["diverged"] else "completed" if p["val_loss"] is not None else "unfinished"
+            rows.append({"variant": r.name, "lr": p["lr"], "steps": steps[p["lr"]], "seeds": p["seeds"], "status": status,
+                         "val_loss": p["val_loss"], "chosen": "yes" if p["lr"] == r.lr else "",
+                         "per_seed": ", ".join("-" if v is None else f"{v:.4f}" for v in p["values"])
+                         if p["seeds"] > 1 else None})
     if not rows:
         return ""
-    from llmlab.campaign.schedule import at_grid_edge
-
-    edges = [r.name for r in records if r.sweep and r.lr is not None and at_grid_edge(r.lr, [e["lr"] for e in r.sweep])]
-    note = (f"\nChosen at the edge of the grid (the best LR may lie outside it): {', '.join(edges)}.\n"
-            if edges else "")
+    flags = [f"- {r.name} (lr {r.lr:g}): {'; '.join(f)}" for r in records
+             if r.sweep and r.lr is not None and (f := choice_flags(r.lr, r.sweep))]
+    note = ("\nChoices to read with care (edge of the grid, or a grid neighbour more than "
+            f"{100 * CLIFF:g} % worse or diverged):\n\n" + "\n".join(flags) + "\n" if flags else "")
     return f"## Learning-rate sweep\n\n{markdown(rows, SWEEP_LR_COLUMNS)}{note}{_image(plot)}"
 
 

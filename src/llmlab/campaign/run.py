@@ -117,7 +117,7 @@ def sweep_entries(name: str, sweep: Prepared, outcomes: dict[str, str], out: Pat
         status = outcomes.get(run.dirname, "pending")
         result = read_json(out / run.dirname / "result.json") if status == "completed" else {}
         entries.append({"lr": run.lr, "dir": run.dirname, "status": status, "val_loss": result.get("val_loss"),
-                        "steps": run.config.train.total_steps()})
+                        "steps": run.config.train.total_steps(), "seed": run.seed})
     return entries
 
 
@@ -218,7 +218,8 @@ def campaign_record(campaign: Campaign, out: Path, sweep: Prepared, seeds: Prepa
     return {
         "name": campaign.name, "match": campaign.match, "tolerance": campaign.tolerance,
         "generate": vars(campaign.generate), "seeds": campaign.seeds,
-        "sweep": {"lr": campaign.sweep.lr, "fraction": campaign.sweep.fraction, "rule": schedule.CHOICE_RULE}
+        "sweep": {"lr": campaign.sweep.lr, "fraction": campaign.sweep.fraction, "rule": schedule.CHOICE_RULE,
+                  "seeds": schedule.sweep_seeds(campaign), "eval_windows": campaign.sweep.eval_windows}
         if campaign.sweep else None,
         "variants": variants,
     }

@@ -1,6 +1,7 @@
 """Which runs a campaign makes: the learning-rate sweep, then every variant at every seed.
 
     <out>/<variant>/sweep/lr-0.002/     one sweep run per grid LR (first seed, sweep.fraction of the budget)
+    <out>/<variant>/sweep/lr-0.002-seed-1/   the same LR at a further sweep seed (sweep.seeds)
     <out>/<variant>/seed-0/             the full runs, at the LR the sweep chose (or the config's)
 
 A run differs from its variant's config in three settings only: `train.lr` (with `train.min_lr`
@@ -9,8 +10,12 @@ fraction of its peak), `train.seed`, and for sweep runs the budget (`train.max_s
 compressed in proportion). Everything else -- data, tokens per update, seq_len -- is the
 variant's, so each variant's sweep runs see the same tokens in the same order.
 
-The choice rule (stated in the report): the grid LR whose sweep run has the lowest final
-validation loss; runs that diverged (non-finite loss) are excluded; a tie goes to the smaller LR.
+The choice rule (stated in the report): the grid LR whose sweep runs have the lowest mean final
+validation loss over the sweep seeds; an LR at which any sweep run diverged (non-finite loss) is
+excluded; a tie goes to the smaller LR. A choice is flagged (`choice_flags`) when it sits at the
+grid's edge (the optimum may lie outside) or next to a much worse neighbour -- one whose mean
+validation loss exceeds the chosen one's by more than CLIFF (10 %), or that diverged: the optimum
+then sits near an instability, and a seed or a budget slightly different could fall over it.
 """
 
 from __future__ import annotations
@@ -24,8 +29,11 @@ from llmlab.campaign.plan import Campaign, Variant
 from llmlab.config import RunConfig, run_config_from_dict
 from llmlab.errors import LLMLabError
 
-CHOICE_RULE = ("for each variant, the grid learning rate whose sweep run ends with the lowest validation "
-               "loss (runs that diverged excluded; a tie goes to the smaller rate)")
+CHOICE_RULE = ("for each variant, the grid learning rate whose sweep runs end with the lowest mean validation "
+               "loss over the sweep seeds (a rate at which a run diverged excluded; a tie goes to the smaller rate)")
+CLIFF = 0.10
+"""A grid neighbour whose mean validation loss exceeds the chosen LR's by more than this fraction
+is "much worse" (the CPU study's GQA: 2.041 at 2e-3, 2.658 at 4e-3, +30 %)."""
 
 
 @dataclass(frozen=True)
@@ -44,10 +52,13 @@ def lr_label(lr: float) -> str:
     return f"lr-{lr:g}"
 
 
-def run_config(cfg: RunConfig, lr: float, seed: int, steps: int | None = None) -> RunConfig:
-    """cfg at learning rate `lr` (min_lr scaled alike) and `seed`; `steps` shortens the budget."""
+def run_config(cfg: RunConfig, lr: float, seed: int, steps: int | None = None, eval_windows: int = 0) -> RunConfig:
+    """cfg at learning rate `lr` (min_lr scaled alike) and `seed`; `steps` shortens the budget;
+    eval_windows > 0 replaces train.eval_windows (a sweep's larger validation set)."""
     d = cfg.to_dict()
     train = d["train"]
+    if eval_windows:
+        train["eval_windows"] = eval_windows
     train["min_lr"] = train["min_lr"] * lr / train["lr"]
     train["lr"], train["seed"] = lr, seed
     if steps is not None:
@@ -61,14 +72,25 @@ def sweep_steps(variant: Variant, fraction: float) -> int:
     return max(1, int(variant.config.train.total_steps() * fraction))
 
 
+def sweep_seeds(campaign: Campaign) -> list[int]:
+    """The seeds every grid LR runs at: sweep.seeds, else the campaign's first seed."""
+    return (campaign.sweep.seeds if campaign.sweep and campaign.sweep.seeds else campaign.seeds[:1])
+
+
+def sweep_dirname(variant: str, lr: float, seed: int, first_seed: int) -> str:
+    """The first campaign seed keeps the one-seed layout (records made before sweep.seeds stay valid)."""
+    tail = "" if seed == first_seed else f"-seed-{seed}"
+    return f"{run_dirname(variant)}/sweep/{lr_label(lr)}{tail}"
+
+
 def sweep_runs(campaign: Campaign) -> list[PlannedRun]:
-    """Every variant at every grid LR, at the first seed, on sweep.fraction of the budget."""
+    """Every variant at every grid LR and sweep seed, on sweep.fraction of the budget."""
     if campaign.sweep is None:
         return []
-    seed = campaign.seeds[0]
-    return [PlannedRun(v.name, "sweep", lr, seed, f"{run_dirname(v.name)}/sweep/{lr_label(lr)}",
-                       run_config(v.config, lr, seed, sweep_steps(v, campaign.sweep.fraction)))
-            for v in campaign.variants for lr in campaign.sweep.lr]
+    spec = campaign.sweep
+    return [PlannedRun(v.name, "sweep", lr, seed, sweep_dirname(v.name, lr, seed, campaign.seeds[0]),
+                       run_config(v.config, lr, seed, sweep_steps(v, spec.fraction), spec.eval_windows))
+            for v in campaign.variants for lr in spec.lr for seed in sweep_seeds(campaign)]
 
 
 def seed_runs(campaign: Campaign, lrs: dict[str, float]) -> list[PlannedRun]:
@@ -79,16 +101,51 @@ def seed_runs(campaign: Campaign, lrs: dict[str, float]) -> list[PlannedRun]:
             for seed in campaign.seeds for v in campaign.variants]
 
 
+def lr_points(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A variant's sweep entries ({"lr", "status", "val_loss", "seed"?}) per grid LR, in LR order:
+    {"lr", "val_loss" (mean over its seeds; None unless every one completed finite), "seeds",
+    "values" (per seed), "diverged" (a run at this LR did)}."""
+    by_lr: dict[float, list[dict[str, Any]]] = {}
+    for e in entries:
+        by_lr.setdefault(e["lr"], []).append(e)
+    points = []
+    for lr, runs in sorted(by_lr.items()):
+        values = [e.get("val_loss") for e in runs]
+        ok = all(e["status"] == "completed" and v is not None and math.isfinite(v) for e, v in zip(runs, values))
+        points.append({"lr": lr, "val_loss": sum(values) / len(values) if ok else None, "seeds": len(runs),
+                       "values": values, "diverged": any(e["status"] == "diverged" for e in runs)})
+    return points
+
+
 def choose_lr(variant: str, entries: list[dict[str, Any]]) -> float:
-    """CHOICE_RULE over a variant's sweep entries ({"lr", "status", "val_loss"})."""
-    done = [e for e in entries if e["status"] == "completed" and e.get("val_loss") is not None
-            and math.isfinite(e["val_loss"])]
+    """CHOICE_RULE over a variant's sweep entries ({"lr", "status", "val_loss"}, one per LR and seed)."""
+    done = [p for p in lr_points(entries) if p["val_loss"] is not None]
     if not done:
         grid = ", ".join(f"{e['lr']:g}" for e in entries)
         raise LLMLabError(f"variant {variant!r}: no sweep run finished ({grid}: diverged): lower the grid")
-    return min(done, key=lambda e: (e["val_loss"], e["lr"]))["lr"]
+    return min(done, key=lambda p: (p["val_loss"], p["lr"]))["lr"]
 
 
 def at_grid_edge(lr: float, grid: list[float]) -> bool:
     """The chosen LR is the grid's smallest or largest: the optimum may lie outside it."""
     return lr in (min(grid), max(grid))
+
+
+def choice_flags(lr: float, entries: list[dict[str, Any]], cliff: float = CLIFF) -> list[str]:
+    """Why a chosen LR deserves a second look (empty: none): at the grid's edge, or next to a much
+    worse or diverged grid neighbour (see CLIFF)."""
+    points = lr_points(entries)
+    grid = [p["lr"] for p in points]
+    if lr not in grid:
+        return []
+    flags = ["at the grid's edge (the optimum may lie outside it)"] if at_grid_edge(lr, grid) else []
+    i = grid.index(lr)
+    chosen = points[i]["val_loss"]
+    for neighbour in points[max(0, i - 1):i] + points[i + 1:i + 2]:
+        if neighbour["diverged"]:
+            flags.append(f"next to lr {neighbour['lr']:g}, which diverged")
+        elif neighbour["val_loss"] is not None and chosen is not None and neighbour["val_loss"] > chosen * (1 + cliff):
+            flags.append(f"next to a much worse neighbour: lr {neighbour['lr']:g} at val {neighbour['val_loss']:.3f}"
+                         f" against {chosen:.3f} (+{100 * (neighbour['val_loss'] / chosen - 1):.0f} %, threshold "
+                         f"{100 * cliff:g} %)")
+    return flags
