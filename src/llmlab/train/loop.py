@@ -34,7 +34,7 @@ from llmlab.train import checkpoint, distributed
 from llmlab.train.evaluate import evaluate_split
 from llmlab.train.distributed import DistInfo, any_rank, broadcast_object, gather_objects
 from llmlab.train.lock import RunDirBusy, RunLock
-from llmlab.train.metrics import MetricsWriter, Progress, Throughput, mfu, peak_flops, peak_memory_mb, routing_stats, truncate_after
+from llmlab.train.metrics import MetricsWriter, Progress, StepSeries, Throughput, mfu, peak_flops, peak_memory_mb, routing_stats, truncate_after
 from llmlab.train.optim import build_optimizer, set_lr
 from llmlab.train.record import check_resumable, environment, identity, training_changes, write_config
 from llmlab.train.routing_probe import probe_batch, record_routing, truncate_routing
@@ -91,6 +91,8 @@ class Run:
     """tokens/s at the last log step (shown by the progress bar between log steps)."""
     writer: MetricsWriter | None = None
     progress: Progress | None = None
+    series: StepSeries = field(default_factory=StepSeries)
+    """Every update's loss and grad norm since the last log row (saved in checkpoints)."""
 
     def emit(self, row: dict[str, Any]) -> None:
         if self.writer is not None:
@@ -214,6 +216,7 @@ def _start_or_resume(run: Run, state: dict[str, Any] | None) -> None:
     run.loader.load_state_dict(state["loaders"][run.info.rank])
     set_rng_state(state["rng"][run.info.rank], run.info.device)
     run.step, run.tokens, run.saved_step, run.timed = state["step"], state["tokens"], state["step"], state["timed"]
+    run.series.load_state_dict(state.get("series"))
     if run.info.is_main:
         changes = training_changes(state["config"], run.cfg.to_dict())
         write_config(run.run_dir, run.cfg.to_dict())
@@ -247,7 +250,7 @@ def _save(run: Run) -> None:
             "step": run.step, "tokens": run.tokens, "model": model_sd, "optimizer": optim_sd,
             "loaders": loaders, "rng": rngs, "config": run.cfg.to_dict(),
             "identity": identity(run.cfg.to_dict(), run.meta, run.info.world_size),
-            "timed": _timed(run),
+            "timed": _timed(run), "series": run.series.state_dict(),
         }
         checkpoint.save(run.run_dir, run.step, state, keep=run.cfg.train.keep_checkpoints)
     distributed.barrier()
@@ -310,9 +313,10 @@ def _diverged(run: Run, result: StepResult) -> NoReturn:
 def _log_step(run: Run, result: StepResult, lr: float, throughput: Throughput) -> None:
     tc = run.cfg.train
     log_now = run.step % tc.log_interval == 0 or run.step == run.total_steps
+    run.series.append(result.loss, result.grad_norm)
     if log_now:
         rate = throughput.interval_rate()
-        row = {"step": run.step, "loss": result.loss, "lr": lr, "grad_norm": result.grad_norm,
+        row = {"step": run.step, "loss": result.loss, "lr": lr, "grad_norm": result.grad_norm, **run.series.take(),
                "tokens": run.tokens, "tokens_per_s": rate,
                "mfu": mfu(run.flops_per_token, rate or 0.0, _peak(run), run.info.world_size),
                "mem_mb": round(peak_memory_mb(run.info.device), 1), "time": time.time()}

@@ -1,6 +1,7 @@
 """Run metrics: `metrics.jsonl` rows, optional TensorBoard, a progress display, MFU.
 
-Rows (one JSON object a line, DESIGN.md section 2): training rows carry `step` and `loss`;
+Rows (one JSON object a line, DESIGN.md section 2): training rows carry `step` and `loss` (that
+step's), and `loss_steps` / `grad_norm_steps`: every update's value since the previous row;
 evaluation rows `step` and `val_loss`; events (`start`, `resume`, `stop`, `diverged`) carry `event`.
 """
 
@@ -77,6 +78,36 @@ def _rounded(x: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------
+
+
+class StepSeries:
+    """Every update's loss and gradient norm since the last log row, so a row carries all of them
+    ("loss_steps", "grad_norm_steps": the steps after the previous row up to this one) and nothing
+    is sampled. The values are already on the host: train_step's one sync per update (its finite
+    check) fetched them, so keeping them adds no device sync. The buffer travels in the checkpoint,
+    so a resumed run writes the same rows as an uninterrupted one."""
+
+    KEYS = ("loss", "grad_norm")
+
+    def __init__(self) -> None:
+        self.values: dict[str, list[float]] = {key: [] for key in self.KEYS}
+
+    def append(self, loss: float, grad_norm: float) -> None:
+        self.values["loss"].append(loss)
+        self.values["grad_norm"].append(grad_norm)
+
+    def take(self) -> dict[str, list[float]]:
+        """{"loss_steps": [...], "grad_norm_steps": [...]} for the log row; the buffer is emptied."""
+        out = {f"{key}_steps": values for key, values in self.values.items()}
+        self.values = {key: [] for key in self.KEYS}
+        return out
+
+    def state_dict(self) -> dict[str, list[float]]:
+        return {key: list(values) for key, values in self.values.items()}
+
+    def load_state_dict(self, state: dict[str, list[float]] | None) -> None:
+        """Restore a checkpoint's buffer (None: a checkpoint from before per-step rows, nothing pending)."""
+        self.values = {key: list((state or {}).get(key, [])) for key in self.KEYS}
 
 
 class MetricsWriter:

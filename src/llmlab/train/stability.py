@@ -16,7 +16,11 @@ tiny jitter from turning into spikes. A loss that falls, however noisily, is not
 well above the recent noise is. Consecutive spiking rows are one spike, reported at its first
 step; non-finite values are spikes.
 
-Defaults: window 50, ref 5, threshold 7, floor 1 %. Gaussian noise reaches 5.5 robust std at most
+The series is every update's value (metrics rows carry `loss_steps`, `grad_norm_steps`), so the
+rule runs from the first step after warm-up, with the warm-up steps as its history; rows written
+before per-step values were kept give one sampled value each.
+
+Defaults: window 50, ref 5, threshold 7, floor 1 %, at least 5 earlier values. Gaussian noise reaches 5.5 robust std at most
 over 50,000 synthetic rows, and a jump of 10 noise std scores 9 to 14; tests/train/test_stability.py
 pins an injected spike flagged, and smooth synthetic and real runs clean.
 """
@@ -45,8 +49,10 @@ class SpikeRule:
     """How many robust standard deviations above the level make a spike."""
     rel_floor: float = 0.01
     """The robust std is at least this fraction of the level."""
-    min_window: int = 10
-    """No verdict on a row with fewer previous rows than this."""
+    min_window: int = 5
+    """No verdict on a step with fewer previous values than this. Per-step records give every
+    warm-up step as history, so with a warm-up of at least 5 updates the rule holds from the
+    first step after it (sampled rows, one in 10, used to leave the first ~110 steps unchecked)."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.ref <= self.window or not 3 <= self.min_window <= self.window:
@@ -57,7 +63,8 @@ class SpikeRule:
 
     def describe(self) -> str:
         return (f"x_s - median(prev {self.ref}) > {self.threshold:g} x max({MAD_TO_STD} MAD(diff of prev "
-                f"{self.window}) / sqrt 2, {self.rel_floor:g} |median|), after warm-up")
+                f"{self.window}) / sqrt 2, {self.rel_floor:g} |median|), at every step from the first after warm-up"
+                f" (given {self.min_window} earlier steps)")
 
 
 @dataclass(frozen=True)
@@ -102,9 +109,21 @@ def _spiking(x: np.ndarray, i: int, rule: SpikeRule) -> bool:
 
 
 def series(rows: Iterable[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
-    """(steps, values) of the training rows (no events) that carry `key`, in step order."""
-    picked = sorted((r["step"], float(r[key])) for r in rows if key in r and "event" not in r and "step" in r)
-    return [s for s, _ in picked], [v for _, v in picked]
+    """(steps, values) of `key` at every recorded step, in step order. A training row that carries
+    `<key>_steps` (every update since the previous row, metrics.StepSeries) gives all of them, the
+    last at the row's step; an older row gives its own sampled value only."""
+    picked: dict[int, float] = {}
+    for r in rows:
+        if "event" in r or "step" not in r:
+            continue
+        per_step = r.get(f"{key}_steps")
+        if per_step is not None:
+            first = r["step"] - len(per_step) + 1
+            picked.update({first + i: float(v) for i, v in enumerate(per_step)})
+        elif key in r:
+            picked[r["step"]] = float(r[key])
+    ordered = sorted(picked.items())
+    return [s for s, _ in ordered], [v for _, v in ordered]
 
 
 def run_spikes(rows: Iterable[dict[str, Any]], warmup: int, rule: SpikeRule = SpikeRule()) -> dict[str, Any]:
