@@ -386,7 +386,10 @@ def test_study_picks_each_variants_lr_runs_every_seed_and_reports(tmp_path: Path
         assert claim in findings.replace("**", ""), claim
     assert "over 2 paired seeds" in findings and "Verdict:" in findings
     assert "| mqa | mha | 2 |" in md  # the paired-difference table
-    assert "lowest validation loss" in md and "Spikes (loss and gradient norm, per run)" in md
+    assert "lowest mean validation loss" in md and "Spikes (loss and gradient norm, per run)" in md
+    # the family of loss hypotheses, with an evaluation-noise interval from the runs' eval_windows.json
+    assert "Holm-adjusted over the 3 loss hypotheses p = " in findings
+    assert "evaluation noise alone (paired bootstrap over " in findings
 
     results = sorted(out.rglob("result.json"))
     assert len(results) == 12  # 3 variants x (2 sweep LRs + 2 seeds)

@@ -33,9 +33,15 @@ def _cosine(step: int, cfg: TrainConfig, total_steps: int) -> float:
 def _wsd(step: int, cfg: TrainConfig, total_steps: int) -> float:
     """Warmup-stable-decay (Hu et al. 2024, MiniCPM): flat at lr, then a linear decay to min_lr
     over the last `decay_frac` of the steps. The flat phase lets a run be extended cheaply."""
-    decay_steps = max(1, round(cfg.decay_frac * total_steps))
-    decay_start = max(cfg.warmup, total_steps - decay_steps)
+    decay_start = wsd_decay_start(cfg, total_steps)
     if step < decay_start:
         return cfg.lr
     progress = min(1.0, (step - decay_start + 1) / max(1, total_steps - decay_start))
     return cfg.lr + (cfg.min_lr - cfg.lr) * progress
+
+
+def wsd_decay_start(cfg: TrainConfig, total_steps: int) -> int:
+    """The first update of a WSD run's decay (the last `decay_frac` of its steps, after warm-up).
+    Before it the rate depends on the step alone, not on total_steps: a decay branch starts here."""
+    decay_steps = max(1, round(cfg.decay_frac * total_steps))
+    return max(cfg.warmup, total_steps - decay_steps)
