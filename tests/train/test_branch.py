@@ -43,12 +43,12 @@ def test_a_decay_branch_gives_the_losses_of_a_run_trained_from_scratch(make_conf
     assert read_branch(tmp_path / "branch")["step"] == 16 and read_branch(tmp_path / "scratch") is None
 
 
-def test_a_branch_needs_the_stable_checkpoint_at_its_decay_start(make_config, tmp_path):
+def test_a_branch_needs_a_stable_checkpoint_up_to_its_decay_start(make_config, tmp_path):
     cfg = load_run_config(make_config(train={**WSD, "max_steps": 20}))
     stable = stable_config(cfg)
-    stable["train"].update(max_steps=12, ckpt_interval=6, keep_checkpoints=5)
+    stable["train"].update(max_steps=24, ckpt_interval=6, keep_checkpoints=1)
     train(run_config_from_dict(stable), tmp_path / "stable")
-    with pytest.raises(ConfigError, match=r"no checkpoint at step 16.*keeps \[6, 12\]"):
+    with pytest.raises(ConfigError, match=r"no checkpoint at or before step 16.*keeps \[24\]"):
         seed_branch(tmp_path / "stable", cfg, tmp_path / "branch")
     cosine = load_run_config(make_config(name="c.toml", train={"max_steps": 20}))
     with pytest.raises(ConfigError, match="needs train.schedule"):

@@ -12,7 +12,7 @@ with the branch's own budget and WSD schedule -- the run trained from scratch wi
 minus the updates it shares with the stable run. tests/train/test_branch.py checks the two agree.
 
     stable/                    schedule = "constant", its checkpoints at every branch's decay start
-    branch-240/branch.json     {"stable", "step", "checkpoint_sha256"}: where the branch starts
+    branch-240/branch.json     {"stable", "step", "decay_start", "checkpoint_sha256"}: where it starts
 """
 
 from __future__ import annotations
@@ -44,29 +44,31 @@ def stable_config(cfg: RunConfig) -> dict[str, Any]:
 
 
 def seed_branch(stable_dir: str | Path, cfg: RunConfig, branch_dir: str | Path) -> int:
-    """Make `branch_dir` resume from the stable run's checkpoint at branch_start(cfg): that
-    checkpoint (and a manifest naming it), the stable run's env.json and metrics.jsonl (the resume
-    drops its rows after that step), and branch.json. Returns the step. A branch that already has
-    a checkpoint of its own is left as it is (training it again resumes it)."""
+    """Make `branch_dir` resume from the stable run's latest checkpoint at or before
+    branch_start(cfg) (any step up to the decay's start is shared with the stable run; the one at
+    the start saves the most): that checkpoint (and a manifest naming it), the stable run's
+    env.json and metrics.jsonl (the resume drops its rows after that step), and branch.json.
+    Returns the checkpoint's step. A branch that already has a checkpoint of its own is left as it
+    is (training it again resumes it)."""
     stable_dir, branch_dir = Path(stable_dir), Path(branch_dir)
     step = branch_start(cfg)
     if read_manifest(ckpt_dir(branch_dir)):
-        return step
-    entry = next((e for e in read_manifest(ckpt_dir(stable_dir)) if e.step == step), None)
+        return read_branch(branch_dir)["step"]
+    kept = read_manifest(ckpt_dir(stable_dir))
+    entry = max((e for e in kept if e.step <= step), key=lambda e: e.step, default=None)
     if entry is None:
-        kept = [e.step for e in read_manifest(ckpt_dir(stable_dir))]
-        raise ConfigError(f"{stable_dir} has no checkpoint at step {step}, where the branch's decay starts "
-                          f"(it keeps {kept}): train it with train.ckpt_interval dividing {step} and "
-                          "train.keep_checkpoints high enough to keep every branch point")
+        raise ConfigError(f"{stable_dir} has no checkpoint at or before step {step}, where the branch's decay "
+                          f"starts (it keeps {[e.step for e in kept]}): train it with train.ckpt_interval dividing "
+                          f"{step} and train.keep_checkpoints high enough to keep every branch point")
     ckpt_dir(branch_dir).mkdir(parents=True, exist_ok=True)
     for name in ("env.json", METRICS_FILE):
         if (stable_dir / name).is_file():
             shutil.copyfile(stable_dir / name, branch_dir / name)
     shutil.copyfile(ckpt_dir(stable_dir) / entry.file, ckpt_dir(branch_dir) / entry.file)
-    write_json(branch_dir / BRANCH_FILE, {"stable": str(stable_dir.resolve()), "step": step,
-                                          "checkpoint_sha256": entry.sha256})
+    write_json(branch_dir / BRANCH_FILE, {"stable": str(stable_dir.resolve()), "step": entry.step,
+                                          "decay_start": step, "checkpoint_sha256": entry.sha256})
     write_manifest(ckpt_dir(branch_dir), [entry])  # last: the branch exists once it names its checkpoint
-    return step
+    return entry.step
 
 
 def read_branch(run_dir: str | Path) -> dict[str, Any] | None:
