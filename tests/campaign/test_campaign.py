@@ -597,3 +597,19 @@ def test_an_outlier_seed_is_named_and_the_family_is_holm_corrected(tmp_path: Pat
     gqa = rows[0].split(" | ")
     assert gqa[2] == "-0.0633" and gqa[7] == gqa[8] == "-0.0633"
     assert "Holm-adjusted over the 2 loss hypotheses p = " in findings
+
+
+def test_moe_routing_figures_average_every_seed(tmp_path: Path) -> None:
+    """Not the first seed's alone: seed 0 at max/mean load 2.0, seed 1 at 3.0 -> 2.5 in the table."""
+    from llmlab.campaign.records import load_records
+    from llmlab.campaign.report import routing_over_seeds
+
+    for seed, load in ((0, 2.0), (1, 3.0)):
+        run_dir = tmp_path / f"m/seed-{seed}"
+        fake_run(run_dir, 3.0, moe=True)
+        text = (run_dir / "metrics.jsonl").read_text().replace('"moe_max_load": [2.0]', f'"moe_max_load": [{load}]')
+        (run_dir / "metrics.jsonl").write_text(text)
+    (tmp_path / "campaign.json").write_text(json.dumps({"seeds": [0, 1], "variants": [
+        {"name": "moe", "dir": "m", "lr": 1e-3, "runs": [{"seed": s, "dir": f"m/seed-{s}"} for s in (0, 1)]}]}))
+    records, _ = load_records(tmp_path)
+    assert routing_over_seeds(records[0])["moe_max_load"] == pytest.approx(2.5)

@@ -174,3 +174,23 @@ def test_grouped_moe_compiled_in_fp32_is_refused_before_training(make_config, tm
     with pytest.raises(ConfigError, match="'grouped' compiles only in bf16"):
         train(load_run_config(config), tmp_path / "run")
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_moe_routing_rows_average_every_update_of_their_interval(make_config, tmp_path, rows_of):
+    """A row every 4 updates carries the mean of the 4 updates' routing statistics, the same numbers
+    as the mean of the rows of the same run logged at every update (logging does not change training)."""
+    every = rows_of(_trained(make_config, tmp_path / "every", log_interval=1))
+    grouped = rows_of(_trained(make_config, tmp_path / "grouped", log_interval=4))
+    assert [r["step"] for r in grouped] == [4, 8]
+    for row, first in zip(grouped, (0, 4)):
+        for key in ("moe_max_load", "moe_router_entropy", "moe_dropped_frac"):
+            want = torch.tensor([r[key] for r in every[first:first + 4]]).mean(0)
+            torch.testing.assert_close(torch.tensor(row[key]), want, rtol=1e-5, atol=1e-6)
+        assert row["loss_steps"] == [r["loss"] for r in every[first:first + 4]]
+
+
+def _trained(make_config, run_dir, log_interval: int):
+    cfg = load_run_config(make_config("moe", name=f"{run_dir.name}.toml",
+                                      train={"max_steps": 8, "log_interval": log_interval}))
+    train(cfg, run_dir)
+    return run_dir

@@ -54,6 +54,8 @@ SECTION_NOTES = {
                " same for every variant); bits per byte everywhere, word-level perplexity only where the corpus"
                " defines words (WikiText).\n\n",
     "Speed": "Decode tokens/s at the sweep's smallest batch and longest context (all points: Decode sweep).\n\n",
+    "MoE routing": "Each row of metrics.jsonl averages every update since the previous row; the table gives the"
+                   " mean over the last 5 rows of each seed, averaged over the variant's seeds.\n\n",
 }
 SWEEP_COLUMNS: list[Column] = [
     ("variant", "variant", ""), ("context", "context", ",d"), ("batch_size", "batch", ",d"),
@@ -77,6 +79,12 @@ def routing_summary(metrics: list[dict[str, Any]], last: int = 5) -> dict[str, f
         "moe_min_load": mean([min(min(layer) for layer in r["moe_load"]) for r in rows]),
         "moe_dropped_frac": mean([mean(r["moe_dropped_frac"]) for r in rows]),
     }
+
+
+def routing_over_seeds(record: VariantRecord) -> dict[str, float]:
+    """routing_summary averaged over every finished seed of the variant (not its first alone)."""
+    summaries = [x for d in record.runs.values() if (x := routing_summary(read_metrics(d)))]
+    return {key: sum(x[key] for x in summaries) / len(summaries) for key in summaries[0]} if summaries else {}
 
 
 def variant_row(name: str, run_dir: Path) -> dict[str, Any]:
@@ -369,7 +377,8 @@ def write_report(directory: str | Path, memory_gb: float | None = None) -> dict[
     if not directory.is_dir():
         raise LLMLabError(f"{directory} is not a directory: pass a campaign output (e.g. runs/demo)")
     records, campaign = load_records(directory)
-    rows = [variant_row(r.name, r.first) | aggregate.quality_row(r) | {"kind": r.kind} for r in records]
+    rows = [variant_row(r.name, r.first) | routing_over_seeds(r) | aggregate.quality_row(r) | {"kind": r.kind}
+            for r in records]
     memory = memory_section(records, memory_gb)
     plots = draw(directory, records, memory[0])
     moe_text, moe_images = moe_section(records, directory)

@@ -216,7 +216,7 @@ def _start_or_resume(run: Run, state: dict[str, Any] | None) -> None:
     run.loader.load_state_dict(state["loaders"][run.info.rank])
     set_rng_state(state["rng"][run.info.rank], run.info.device)
     run.step, run.tokens, run.saved_step, run.timed = state["step"], state["tokens"], state["step"], state["timed"]
-    run.series.load_state_dict(state.get("series"))
+    run.series.load_state_dict(state.get("series"), run.info.device)
     if run.info.is_main:
         changes = training_changes(state["config"], run.cfg.to_dict())
         write_config(run.run_dir, run.cfg.to_dict())
@@ -313,7 +313,7 @@ def _diverged(run: Run, result: StepResult) -> NoReturn:
 def _log_step(run: Run, result: StepResult, lr: float, throughput: Throughput) -> None:
     tc = run.cfg.train
     log_now = run.step % tc.log_interval == 0 or run.step == run.total_steps
-    run.series.append(result.loss, result.grad_norm)
+    run.series.append(result.loss, result.grad_norm, result.moe_stats)
     if log_now:
         rate = throughput.interval_rate()
         row = {"step": run.step, "loss": result.loss, "lr": lr, "grad_norm": result.grad_norm, **run.series.take(),
@@ -324,7 +324,7 @@ def _log_step(run: Run, result: StepResult, lr: float, throughput: Throughput) -
             row["first_step_s"] = throughput.first_step_s  # compile + warm-up, excluded from tokens/s
         if result.moe_stats:
             row["aux_loss"] = result.aux_loss
-            row.update(routing_stats(result.moe_stats))
+            row.update(routing_stats(run.series.take_routing()))  # means over the interval, not this step
         run.emit(row)
         run.last_rate = rate
     run.progress.update(run.step, run.tokens, result.loss, run.last_rate, log_line=log_now)

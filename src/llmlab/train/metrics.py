@@ -1,7 +1,8 @@
 """Run metrics: `metrics.jsonl` rows, optional TensorBoard, a progress display, MFU.
 
 Rows (one JSON object a line, DESIGN.md section 2): training rows carry `step` and `loss` (that
-step's), and `loss_steps` / `grad_norm_steps`: every update's value since the previous row;
+step's), and `loss_steps` / `grad_norm_steps`: every update's value since the previous row; MoE
+routing statistics (`moe_*`) are means over the updates since the previous row;
 evaluation rows `step` and `val_loss`; events (`start`, `resume`, `stop`, `diverged`) carry `event`.
 """
 
@@ -81,20 +82,28 @@ def _rounded(x: Any) -> Any:
 
 
 class StepSeries:
-    """Every update's loss and gradient norm since the last log row, so a row carries all of them
-    ("loss_steps", "grad_norm_steps": the steps after the previous row up to this one) and nothing
-    is sampled. The values are already on the host: train_step's one sync per update (its finite
-    check) fetched them, so keeping them adds no device sync. The buffer travels in the checkpoint,
-    so a resumed run writes the same rows as an uninterrupted one."""
+    """What the updates since the last log row did, so that a row reports all of them and samples
+    nothing: every update's loss and gradient norm ("loss_steps", "grad_norm_steps": the steps
+    after the previous row up to this one), and the MoE routing statistics summed on the device
+    and averaged over the interval at the row (one transfer per row, none per update). The loss
+    and grad norm are already on the host: train_step's one sync per update (its finite check)
+    fetched them, so keeping them adds no device sync. The buffer travels in the checkpoint, so
+    a resumed run writes the same rows as an uninterrupted one."""
 
     KEYS = ("loss", "grad_norm")
 
     def __init__(self) -> None:
         self.values: dict[str, list[float]] = {key: [] for key in self.KEYS}
+        self.routing: dict[str, torch.Tensor] = {}
+        self.routing_n = 0
 
-    def append(self, loss: float, grad_norm: float) -> None:
+    def append(self, loss: float, grad_norm: float, routing: dict[str, torch.Tensor] | None = None) -> None:
         self.values["loss"].append(loss)
         self.values["grad_norm"].append(grad_norm)
+        if routing:
+            for name, value in routing.items():
+                self.routing[name] = self.routing[name] + value if name in self.routing else value.detach().clone()
+            self.routing_n += 1
 
     def take(self) -> dict[str, list[float]]:
         """{"loss_steps": [...], "grad_norm_steps": [...]} for the log row; the buffer is emptied."""
@@ -102,12 +111,22 @@ class StepSeries:
         self.values = {key: [] for key in self.KEYS}
         return out
 
-    def state_dict(self) -> dict[str, list[float]]:
-        return {key: list(values) for key, values in self.values.items()}
+    def take_routing(self) -> dict[str, torch.Tensor]:
+        """The interval's mean of each routing statistic (tensors, still on the device); emptied."""
+        out = {name: total / self.routing_n for name, total in self.routing.items()}
+        self.routing, self.routing_n = {}, 0
+        return out
 
-    def load_state_dict(self, state: dict[str, list[float]] | None) -> None:
+    def state_dict(self) -> dict[str, Any]:
+        return {**{key: list(values) for key, values in self.values.items()},
+                "routing": {name: t.cpu() for name, t in self.routing.items()}, "routing_n": self.routing_n}
+
+    def load_state_dict(self, state: dict[str, Any] | None, device: torch.device | None = None) -> None:
         """Restore a checkpoint's buffer (None: a checkpoint from before per-step rows, nothing pending)."""
-        self.values = {key: list((state or {}).get(key, [])) for key in self.KEYS}
+        state = state or {}
+        self.values = {key: list(state.get(key, [])) for key in self.KEYS}
+        self.routing = {name: t.to(device) if device is not None else t for name, t in state.get("routing", {}).items()}
+        self.routing_n = state.get("routing_n", 0)
 
 
 class MetricsWriter:
