@@ -199,7 +199,7 @@ def adjusted_verdict(d: PairedDifference, p_adjusted: float | None, alpha: float
         return d.verdict
     if p_adjusted >= alpha:
         return NO_DIFFERENCE
-    return _verdict(d.mean, d.mean, lower_is_better)
+    return _verdict(d.mean, d.mean, lower_is_better)  # significant: the sign of the mean decides
 
 
 # ---------------------------------------------------------------------------------------------
