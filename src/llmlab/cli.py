@@ -347,7 +347,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     from llmlab.bench.common import print_table
     from llmlab.campaign.estimate import estimate
     from llmlab.campaign.memory import MEMORY_COLUMNS, campaign_memory
-    from llmlab.campaign.plan import load_campaign, plan_rows
+    from llmlab.campaign.plan import flops_gaps, load_campaign, plan_rows
 
     campaign = load_campaign(args.campaign, args.set)
     rows = plan_rows(campaign)
@@ -368,6 +368,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
                        ("flops_per_token", "FLOPs/token", ",d")])
     print_table(rows, [("variant", "variant", ""), ("tokens", "train tokens", ",d"), ("steps", "updates", ",d"),
                        ("dataset", "data", ""), ("tokenizer", "tokenizer", ""), ("differs", "recipe differs (ablations)", "")])
+    for gap in flops_gaps([(v.name, v.params["flops_per_token"], v.ablation) for v in campaign.variants]):
+        print(f"FLOPs: {gap}")
     print(f"\n{budget}")
     print_table(memory, MEMORY_COLUMNS)
     for name, message in advice.items():

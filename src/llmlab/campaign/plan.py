@@ -251,7 +251,7 @@ def check_dropping(name: str, cfg: RunConfig, explicit: bool) -> None:
             f"variant {name!r}: model.moe.dispatch = 'capacity' with capacity_factor "
             f"{cfg.model.moe.capacity_factor:g} (from an included file) drops the tokens that overflow an "
             "expert, so it is not the dropless arm it is compared as: use dispatch = \"grouped\" (dropless), "
-            f"or accept dropping by setting {CAPACITY_KEY} in the campaign ([variant.model.moe] or --set)")
+            f"or accept dropping by setting capacity_factor in that arm's [variant.model.moe] table of the campaign")
 
 
 def dispatch_text(cfg: RunConfig) -> str:
@@ -263,6 +263,24 @@ def dispatch_text(cfg: RunConfig) -> str:
         return (f"capacity, factor {moe.capacity_factor:g} (drops overflow)" if moe.capacity_factor is not None
                 else "capacity, no factor (dropless)")
     return f"{moe.dispatch} (dropless)"
+
+
+FLOPS_GAP = 0.02
+"""Arms compared at equal parameters whose FLOPs per token differ by more than this are named:
+the comparison is then also one of compute (DESIGN.md 9: FLOPs are reported beside parameters)."""
+
+
+def flops_gaps(arms: list[tuple[str, int, bool]]) -> list[str]:
+    """One sentence per arm whose FLOPs per token differ from the first (the baseline) by more
+    than FLOPS_GAP. arms: (name, FLOPs per token, ablation)."""
+    (base, base_flops, _), out = arms[0], []
+    for name, flops, ablation in arms[1:]:
+        gap = flops / base_flops - 1
+        if abs(gap) > FLOPS_GAP:
+            out.append(f"{name}{' (ablation)' if ablation else ''} does {gap:+.1%} FLOPs per token against {base} "
+                       f"({flops:,} vs {base_flops:,}): more than {FLOPS_GAP:.0%}, so it differs in compute as well "
+                       "as in architecture")
+    return out
 
 
 def recipe_diffs(ref: RunConfig, cfg: RunConfig) -> list[tuple[str, Any, Any]]:
