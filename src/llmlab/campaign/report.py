@@ -252,7 +252,7 @@ def moe_section(records: list[VariantRecord], directory: Path) -> tuple[str, lis
 
 
 OVERFIT_COLUMNS: list[Column] = [
-    ("variant", "variant", ""), ("epochs", "epochs", ".2f"), ("last_val_losses", "last val losses (first seed)", ""),
+    ("variant", "variant", ""), ("epochs", "epochs", ".2f"), ("last_val_losses", "last val losses (flagged seed, else first)", ""),
     ("flagged", "val loss rose at the end", ""),
 ]
 DISPATCH_COLUMNS: list[Column] = [

@@ -52,13 +52,14 @@ def epochs_trained(run_dir: Path, cfg: RunConfig | None = None) -> float | None:
 
 
 def overfit_rows(records: list[VariantRecord]) -> list[dict[str, Any]]:
-    """Per arm: epochs, the last evaluations of its first seed, and the seeds flagged by the rule."""
+    """Per arm: epochs, the seeds flagged by the rule, and the last evaluations of the first
+    flagged seed (else of the first seed)."""
     rows = []
     for r in records:
         epochs = epochs_trained(r.first)
         curves = {seed: [loss for _, loss in val_curve(d)] for seed, d in sorted(r.runs.items())}
         flagged = [seed for seed, losses in curves.items() if epochs and epochs > 1 and rose_at_end(losses)]
-        last = curves[min(curves)][-(RISE_EVALS + 1):]
+        last = curves[flagged[0] if flagged else min(curves)][-(RISE_EVALS + 1):]
         rows.append({"variant": r.name, "epochs": epochs, "last_val_losses": " → ".join(f"{x:.4f}" for x in last),
                      "flagged": ", ".join(f"seed {s}" for s in flagged) if flagged else
                      ("-" if epochs is None or epochs > 1 else "- (under one epoch)")})
