@@ -471,13 +471,13 @@ def test_seed_runs_share_everything_but_lr_and_seed() -> None:
     campaign = load_campaign(REPO / "configs/campaigns/cpu-study.toml")
     assert campaign.seeds == [0, 1, 2] and campaign.sweep.lr == [5e-4, 1e-3, 2e-3, 4e-3]
     sweep = sweep_runs(campaign)
-    assert len(sweep) == 16 and {r.seed for r in sweep} == {0}
+    assert len(sweep) == 20 and {r.seed for r in sweep} == {0}  # 5 variants x 4 LRs
     first = sweep[0].config.train
     assert (first.total_steps(), first.warmup, first.lr) == (240, 10, 5e-4)
     assert first.min_lr == pytest.approx(2e-4 * 5e-4 / 2e-3)
     runs = seed_runs(campaign, {v.name: 1e-3 for v in campaign.variants})
-    assert [r.dirname for r in runs[:5]] == ["base/seed-0", "base-gqa/seed-0", "base-gqa-moe/seed-0",
-                                              "base-gqa--kv-only-/seed-0", "base/seed-1"]
+    assert [r.dirname for r in runs[:6]] == ["base/seed-0", "base-gqa/seed-0", "base-gqa--wider-FFN-/seed-0",
+                                              "base-gqa-moe/seed-0", "base-gqa--kv-only-/seed-0", "base/seed-1"]
     assert {r.config.train.total_steps() for r in runs} == {480}
 
 
