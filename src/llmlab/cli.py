@@ -356,8 +356,9 @@ def _cmd_plan(args: argparse.Namespace) -> int:
                                      first.train.seq_len, first.train.device, args.memory_gb)
     advice = _dispatch_advice(campaign)
     cost = estimate(campaign, mfu=args.mfu, measure_cpu=args.measure_cpu, seed_std=args.seed_std)
+    gaps = flops_gaps([(v.name, v.params["flops_per_token"], v.ablation) for v in campaign.variants])
     if args.json:
-        _print_json({"campaign": campaign.name, "match": campaign.match, "variants": rows,
+        _print_json({"campaign": campaign.name, "match": campaign.match, "variants": rows, "flops_gaps": gaps,
                      "memory_budget": budget, "memory": memory, "dispatch_advice": advice, "estimate": cost})
         return 0
     print(f"campaign {campaign.name}: {campaign.match} equal within {campaign.tolerance:.0%} "
@@ -368,7 +369,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
                        ("flops_per_token", "FLOPs/token", ",d")])
     print_table(rows, [("variant", "variant", ""), ("tokens", "train tokens", ",d"), ("steps", "updates", ",d"),
                        ("dataset", "data", ""), ("tokenizer", "tokenizer", ""), ("differs", "recipe differs (ablations)", "")])
-    for gap in flops_gaps([(v.name, v.params["flops_per_token"], v.ablation) for v in campaign.variants]):
+    for gap in gaps:
         print(f"FLOPs: {gap}")
     print(f"\n{budget}")
     print_table(memory, MEMORY_COLUMNS)
