@@ -112,6 +112,9 @@ def test_125m_tiers_cost_their_sweep_and_seeds(tier: str, arms: int, lrs: int, f
         assert cost["rows"][0]["recommended_dropout"] == 0.1 == campaign.variants[0].config.model.dropout
         assert not any("recommended" in w for w in cost["warnings"])  # the full tier follows the advice
     assert {v.config.train.eval_stride for v in campaign.variants} == {512}  # <= seq_len / 2: sliding window
+    assert not any("eval_stride" in w for w in cost["warnings"])
+    unstrided = estimate(load_campaign(REPO / f"configs/campaigns/{tier}.toml", ["train.eval_stride=0"]))
+    assert any("train.eval_stride 1024 is above half of seq_len (1024)" in w for w in unstrided["warnings"])
 
 
 def gpu_record(path: Path, name: str, status: str, mfu: float) -> None:

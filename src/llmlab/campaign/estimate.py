@@ -38,6 +38,7 @@ from typing import Any
 from llmlab.campaign.plan import Campaign, Variant
 from llmlab.campaign.stats import resolvable_difference
 from llmlab.config import MoEConfig, ModelConfig
+from llmlab.data.sources import WIKITEXT
 from llmlab.model.mlp import mlp_params
 from llmlab.model.moe import expert_capacity
 
@@ -245,6 +246,12 @@ def warnings(campaign: Campaign, rows: list[dict[str, Any]]) -> list[str]:
             found.append(f"{v.name}: {row['tokens_per_active_param']:.1f} tokens per active parameter, far from "
                          f"~{CHINCHILLA_TOKENS_PER_PARAM:g} (Chinchilla): "
                          + ("under-trained for its size" if ratio < 1 else "over-trained for its size"))
+    first = campaign.variants[0].config
+    stride = first.train.eval_stride or first.train.seq_len
+    if first.data.dataset in WIKITEXT and stride > first.train.seq_len // 2:
+        found.append(f"train.eval_stride {stride} is above half of seq_len ({first.train.seq_len}): the WikiText "
+                     "perplexities will not compare with published sliding-window figures (set eval_stride <= "
+                     f"{first.train.seq_len // 2})")
     if rows and rows[0]["epochs"] is None:
         found.append("epochs unknown: the data is not prepared yet (llmlab prepare, or the first run prepares it)")
     elif rows and rows[0]["epochs_source"] != "meta.json":
