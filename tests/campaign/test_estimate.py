@@ -142,6 +142,9 @@ def test_a_measured_mfu_replaces_the_assumed_one_for_its_gpu(tmp_path: Path) -> 
     assert cost["rows"][0]["hours_A100"] == pytest.approx(flops / (312e12 * 0.31) / 3600)
     forced = estimate(campaign, mfu=0.5, results_dir=results)  # --mfu wins over a measurement
     assert forced["mfu"]["A100"] == {"mfu": 0.5, "source": "--mfu"}
+    (results / "gpu-broken.json").write_text("{cut")
+    with pytest.raises(ConfigError, match=r"gpu-broken.json is not a GPU record \(invalid JSON"):
+        estimate(campaign, results_dir=results)
 
 
 def test_capacity_dispatch_costs_its_extra_expert_work(tmp_path: Path) -> None:

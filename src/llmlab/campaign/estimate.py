@@ -85,7 +85,7 @@ def measured_mfu(gpu: str, results_dir: Path = GPU_RESULTS_DIR) -> dict[str, Any
     so that the plan errs long."""
     found = []
     for path in sorted(results_dir.glob("gpu-*.json")):
-        record = json.loads(path.read_text())
+        record = _gpu_record(path)
         name = record.get("gpu", {}).get("name", "")
         train = record.get("parts", {}).get("train", {})
         if not re.search(rf"\b{re.escape(gpu)}\b", name) or train.get("status") != "ok":
@@ -94,6 +94,16 @@ def measured_mfu(gpu: str, results_dir: Path = GPU_RESULTS_DIR) -> dict[str, Any
         if base:
             found.append({"mfu": float(base[0]), "source": f"measured: {name}, dense base ({path.name})"})
     return min(found, key=lambda m: m["mfu"]) if found else None
+
+
+def _gpu_record(path: Path) -> dict[str, Any]:
+    from llmlab.errors import ConfigError
+
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise ConfigError(f"{path} is not a GPU record (invalid JSON: {e}): rerun benchmarks/gpu_check.sh or "
+                          "remove it, or pass --mfu") from None
 
 
 def mfu_by_gpu(mfu: float | None, results_dir: Path = GPU_RESULTS_DIR) -> dict[str, dict[str, Any]]:
