@@ -1,8 +1,8 @@
 """`llmlab demo` / `make demo`: the whole path in a few minutes on a laptop CPU.
 
-Prepare the embedded pydocs corpus (byte tokenizer), train tiny base / base+GQA / base+GQA+MoE on
-the same tokens (equal active non-embedding parameters, equal budget) and the GQA ablation (fewer
-KV heads alone), sweep decode speed with and without the KV cache, and print the report (also
+Prepare the embedded pydocs corpus (byte tokenizer), train tiny base / base+GQA / base+GQA (wider
+FFN) / base+GQA+MoE on the same tokens (equal active non-embedding parameters, equal budget) and
+the GQA ablation (fewer KV heads alone), sweep decode speed with and without the KV cache, and print the report (also
 written to runs/demo/report.md).
 """
 

@@ -4,7 +4,10 @@ hand-written -- with the measured effect, its uncertainty and the verdict, which
 Which variant tests which hypothesis is read from the configs, not from names:
 - GQA with more query heads: a dense variant with fewer KV heads and more query heads than the
   baseline;
-- the ablation: fewer KV heads at the baseline's query heads;
+- GQA with a wider FFN (Llama 2's way of spending the saved parameters): fewer KV heads at the
+  baseline's query heads and a wider d_ff; compared with the baseline, and with the query-heads
+  arm when there is one ("where GQA's parameters went");
+- the ablation: fewer KV heads at the baseline's query heads and d_ff;
 - GQA + MoE: a variant with experts (compared with the baseline, and with the GQA variant when
   there is one: "further");
 - the KV cache: every variant's decode sweep; GQA's memory: the memory table.
@@ -31,7 +34,7 @@ def _model(record: VariantRecord) -> dict[str, Any]:
 
 
 def roles(records: list[VariantRecord]) -> dict[str, VariantRecord]:
-    """{"gqa", "kv_only", "moe"} -> the variant that tests each, from the configs."""
+    """{"gqa", "gqa_wideffn", "kv_only", "moe"} -> the variant that tests each, from the configs."""
     base = _model(records[0])
     out: dict[str, VariantRecord] = {}
     for record in records[1:]:
@@ -43,6 +46,8 @@ def roles(records: list[VariantRecord]) -> dict[str, VariantRecord]:
             out.setdefault("moe", record)
         elif fewer_kv and m.get("n_heads", 0) > base.get("n_heads", 0):
             out.setdefault("gqa", record)
+        elif fewer_kv and m.get("n_heads") == base.get("n_heads") and m.get("d_ff", 0) > base.get("d_ff", 0):
+            out.setdefault("gqa_wideffn", record)
         elif fewer_kv and m.get("n_heads") == base.get("n_heads"):
             out.setdefault("kv_only", record)
     return out
@@ -117,10 +122,15 @@ def findings(records: list[VariantRecord], memory: list[dict[str, Any]]) -> str:
     lines = ["## Findings", "",
              "Generated from the records above (paired by seed; 95 % intervals: paired t, scipy): "
              "supported = interval below 0, contradicted = above 0, otherwise not resolved at this budget.", "",
-             loss_finding("GQA with more query heads lowers test loss", pair("gqa")),
-             loss_finding("Fewer KV heads alone (ablation, fewer parameters) lowers test loss", pair("kv_only")),
-             memory_finding(memory, role.get("gqa") or role.get("kv_only")),
-             loss_finding("GQA + MoE lowers test loss", pair("moe"))]
+             loss_finding("GQA with more query heads lowers test loss", pair("gqa"))]
+    if "gqa_wideffn" in role:  # only campaigns with the arm (the quick tier has none)
+        lines.append(loss_finding("GQA with the saved parameters in a wider FFN lowers test loss", pair("gqa_wideffn")))
+    if "gqa" in role and "gqa_wideffn" in role:
+        lines.append(loss_finding("GQA's saved parameters do better in query heads than in the FFN",
+                                  pair("gqa", role["gqa_wideffn"].name)))
+    lines += [loss_finding("Fewer KV heads alone (ablation, fewer parameters) lowers test loss", pair("kv_only")),
+              memory_finding(memory, role.get("gqa") or role.get("kv_only")),
+              loss_finding("GQA + MoE lowers test loss", pair("moe"))]
     if "moe" in role and "gqa" in role:
         lines.append(loss_finding("GQA + MoE lowers test loss further than GQA", pair("moe", role["gqa"].name)))
     lines += [cache_finding(records), noise_finding(records)]
