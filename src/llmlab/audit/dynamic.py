@@ -335,7 +335,7 @@ def check_shapes(t: Target) -> CheckResult:
     dimensions dynamic? Information about shapes, not a hazard of the code (a fixed seq_len and
     drop_last avoid it). Backend "eager": the answer is dynamo's guards', the backward adds nothing."""
     reset()
-    counter = CompileCounterWithBackend(DECODE_BACKEND)
+    counter = CompileCounterWithBackend("eager")
     compiled = torch.compile(TrainStep.of(t.model).__call__, backend=counter)
     t.model.train()
     shapes = other_shapes(t.idx)

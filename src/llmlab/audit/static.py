@@ -31,7 +31,8 @@ LIST_MUTATORS = {"append", "extend", "insert", "appendleft"}  # on self.<attr>: 
 CAT = {"cat", "concat", "concatenate"}
 NOT_A_MODEL_METHOD = DD_SHAPE_METHODS | HOST_METHODS.keys() | {"size", "argmax", "softmax"}
 NOT_A_MODEL_CALL = {"len", "print", "range", "min", "max", "int", "float", "isinstance", "enumerate", "zip"}
-TENSOR_MODULES = {"torch", "F"}  # torch.f(...) and F.f(...) return tensors, except torch.is_*/get_* (Python values)
+# torch.f(...) and F.f(...) return tensors, except torch.is_*/get_* (Python values)
+TENSOR_MODULES = {"torch", "F", "torch.nn.functional", "nn.functional"}
 
 
 def _parse(file: str) -> tuple[ast.Module, list[str]]:
@@ -116,7 +117,7 @@ class _CompiledScan:
         if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
             return False
         owner = node.func.value
-        if isinstance(owner, ast.Name) and owner.id in TENSOR_MODULES:
+        if ast.unparse(owner) in TENSOR_MODULES:
             return not node.func.attr.startswith(("is_", "get_"))
         return node.func.attr in REDUCTIONS and not (isinstance(owner, ast.Name) and owner.id in ("math", "np"))
 
