@@ -9,6 +9,10 @@ Backends (the answers below depend on dynamo's tracing and guards, not on code g
 Graphs and graph-break reasons are collected by `ExplainWithBackend` (what `torch._dynamo.explain`
 uses) wrapped around the backend, so one compilation answers both; recompilation reasons come from
 `torch._dynamo.utils.get_compilation_metrics()` (the guard that failed, and the user's line).
+
+The train step calls the model the way a training loop does (TrainStep: model(idx, targets)
+when forward takes targets). `run_checks` is the one entry point: `llmlab audit` runs it with the
+backends above, `llmlab compile-check` with its own (inductor by default) and dtype.
 """
 
 from __future__ import annotations
