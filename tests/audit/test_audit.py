@@ -1,6 +1,7 @@
 """`llmlab audit` on the shipped examples: every planted hazard found at its line, fixed versions
 and llmlab's own models ready, --json one object. Each example is audited once (module-scoped
-fixtures, CLI run in-process) so the whole file stays within ~1.5 min on 2 cores."""
+fixtures, CLI run in-process): 11 audits and one compile-check took 7 min on the shared 2 cores
+at load average 10 from other jobs."""
 
 from __future__ import annotations
 
