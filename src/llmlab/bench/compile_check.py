@@ -47,7 +47,7 @@ def compile_check(cfg: ModelConfig, *, steps: int = 4, decode_steps: int = 32, b
                   device: str = "cpu") -> dict[str, Any]:
     """{"ok": every row passed, "rows": [forward graph breaks, train step, decode]} (audit rows)."""
     amp = torch_dtype(dtype)
-    check_compilable(cfg.moe, compile=True, dtype=amp)  # a dispatch that cannot compile: exit 2, one line
+    check_compilable(cfg.moe, compile=True, dtype=amp, device=device)  # a dispatch that cannot compile: exit 2, one line
     if seq_len > cfg.max_seq_len or decode_steps > cfg.max_seq_len:
         raise ConfigError(f"seq_len ({seq_len}) and decode steps ({decode_steps}) must fit "
                           f"model.max_seq_len ({cfg.max_seq_len})")
