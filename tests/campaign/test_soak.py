@@ -35,7 +35,8 @@ import pytest
 import torch
 from test_campaign import mini  # noqa: F401  (the fixture: the mini campaign on a small corpus)
 
-from llmlab.runs import ckpt_dir, load_latest, read_metrics
+from llmlab.errors import ConfigError
+from llmlab.runs import ckpt_dir, load_latest, read_manifest, read_metrics
 from llmlab.train.lock import RunLock
 from llmlab.train.metrics import WALL_CLOCK_FIELDS
 from llmlab.train.routing_probe import read_routing
@@ -122,13 +123,16 @@ def _phase(line: str) -> str | None:
 
 def kill_plan(seed: int, kills: int, timeline: list[Moment]) -> list[Kill]:
     """`kills` moments in timeline order, drawn from `seed`: at least one in five in the decode sweep
-    and in the report, the others in the training stage (runs, evaluations, between runs)."""
+    and in the report, one right after a run's final evaluation (before its result.json: where a
+    resumed run used to log that evaluation twice), the others anywhere in the training stage."""
     rng = random.Random(seed)
-    stage = lambda i: PHASES[timeline[i].phase][0]  # noqa: E731
+    stage = [PHASES[m.phase][0] for m in timeline]
+    final = [i for i, m in enumerate(timeline) if m.phase == "after an evaluation" and timeline[i + 1].name[0] != m.name[0]]
     later = max(1, kills // 5)
-    picked = rng.sample([i for i in range(len(timeline)) if stage(i) == 0], kills - 2 * later)
-    picked += rng.sample([i for i in range(len(timeline)) if stage(i) == 1], later)
-    picked += rng.choices([i for i in range(len(timeline)) if stage(i) == 2], k=later)
+    picked = [rng.choice(final)]
+    picked += rng.sample([i for i in range(len(timeline)) if stage[i] == 0 and i not in picked], kills - 2 * later - 1)
+    picked += rng.sample([i for i in range(len(timeline)) if stage[i] == 1], later)
+    picked += rng.choices([i for i in range(len(timeline)) if stage[i] == 2], k=later)
     return [Kill(i, round(rng.random(), 3)) for i in sorted(picked)]
 
 
@@ -196,7 +200,8 @@ def soak(toml: Path, out: Path, plan: list[Kill], timeline: list[Moment],
 def differences(ref: Path, got: Path) -> list[str]:
     """Every way the soaked folder's records differ from the undisturbed one's (timings aside)."""
     problems = []
-    files = lambda d: sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file())  # noqa: E731
+    files = lambda d: sorted(str(p.relative_to(d)) for p in d.rglob("*")  # noqa: E731
+                             if p.is_file() and "tb" not in p.relative_to(d).parts)  # TensorBoard's own files
     if files(ref) != files(got):
         problems.append(f"files: only undisturbed {sorted(set(files(ref)) - set(files(got)))}, "
                         f"only soaked {sorted(set(files(got)) - set(files(ref)))}")
@@ -212,7 +217,7 @@ def _run_differences(ref: Path, got: Path) -> list[str]:
     problems = [name for name in ("fingerprint.json", "config.toml", "result.json", "infer.json", "metrics.jsonl")
                 if _record(ref / name) != _record(got / name)]
     a, b = load_latest(ref), load_latest(got)
-    if a[0].step != b[0].step or [e.step for e in _manifest(ref)] != [e.step for e in _manifest(got)]:
+    if a[0].step != b[0].step or [e.step for e in read_manifest(ckpt_dir(ref))] != [e.step for e in read_manifest(ckpt_dir(got))]:
         problems.append("checkpoint steps")
     if not _same_tensors(a[1]["model"], b[1]["model"]) or not _same_tensors(a[1]["optimizer"], b[1]["optimizer"]):
         problems.append("final weights or optimizer state")
@@ -220,12 +225,6 @@ def _run_differences(ref: Path, got: Path) -> list[str]:
     if routing(ref) != routing(got):
         problems.append("routing records")
     return problems
-
-
-def _manifest(run_dir: Path) -> list:
-    from llmlab.runs import read_manifest
-
-    return read_manifest(ckpt_dir(run_dir))
 
 
 def _same_tensors(a: Any, b: Any) -> bool:
@@ -322,3 +321,18 @@ def test_a_second_campaign_on_a_busy_folder_refuses_at_once_and_touches_nothing(
                            f"{socket.gethostname()}: another `llmlab campaign` is working there; wait for it "
                            "to end (or stop it), then run again\n")
     assert sorted(p.name for p in out.iterdir()) == [".lock"]  # nothing written, nothing deleted
+
+
+def test_a_run_folder_holding_only_a_cut_first_write_is_not_a_foreign_record(tmp_path: Path) -> None:
+    """A kill during a run's first write (its fingerprint.json, through fingerprint.json.tmp) leaves a
+    folder the next session must fill, not refuse as a run it cannot identify."""
+    from llmlab.campaign import integrity
+
+    run_dir = tmp_path / "mha" / "seed-0"
+    run_dir.mkdir(parents=True)
+    (run_dir / "fingerprint.json.tmp").write_text('{"fields": {"model.d_mod')
+    fp = {"fields": {"model.d_model": 32}, "sha256": "x"}
+    integrity.check_records([("mha", run_dir, fp)])  # no error
+    (run_dir / "config.toml").write_text("")
+    with pytest.raises(ConfigError, match="holds a run without fingerprint.json"):
+        integrity.check_records([("mha", run_dir, fp)])
