@@ -127,7 +127,8 @@ def kill_plan(seed: int, kills: int, timeline: list[Moment]) -> list[Kill]:
     resumed run used to log that evaluation twice), the others anywhere in the training stage."""
     rng = random.Random(seed)
     stage = [PHASES[m.phase][0] for m in timeline]
-    final = [i for i, m in enumerate(timeline) if m.phase == "after an evaluation" and timeline[i + 1].name[0] != m.name[0]]
+    final = [i for i, m in enumerate(timeline)  # a run's last evaluation: the next moment is another run's
+             if m.phase == "after an evaluation" and timeline[i + 1].name[0] != m.name[0]]
     later = max(1, kills // 5)
     picked = [rng.choice(final)]
     picked += rng.sample([i for i in range(len(timeline)) if stage[i] == 0 and i not in picked], kills - 2 * later - 1)
@@ -216,9 +217,9 @@ def differences(ref: Path, got: Path) -> list[str]:
 def _run_differences(ref: Path, got: Path) -> list[str]:
     problems = [name for name in ("fingerprint.json", "config.toml", "result.json", "infer.json", "metrics.jsonl")
                 if _record(ref / name) != _record(got / name)]
-    a, b = load_latest(ref), load_latest(got)
-    if a[0].step != b[0].step or [e.step for e in read_manifest(ckpt_dir(ref))] != [e.step for e in read_manifest(ckpt_dir(got))]:
+    if [e.step for e in read_manifest(ckpt_dir(ref))] != [e.step for e in read_manifest(ckpt_dir(got))]:
         problems.append("checkpoint steps")
+    a, b = load_latest(ref), load_latest(got)
     if not _same_tensors(a[1]["model"], b[1]["model"]) or not _same_tensors(a[1]["optimizer"], b[1]["optimizer"]):
         problems.append("final weights or optimizer state")
     routing = lambda d: [(step, t.tolist()) for step, t in read_routing(d)]  # noqa: E731
@@ -318,7 +319,7 @@ def test_a_second_campaign_on_a_busy_folder_refuses_at_once_and_touches_nothing(
         proc = subprocess.run(campaign_cmd(toml, out), capture_output=True, text=True, timeout=120, env=ENV)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr == (f"llmlab: error: campaign folder {out} is in use by pid {os.getpid()} on "
-                           f"{socket.gethostname()}: another `llmlab campaign` is working there; wait for it "
+                           f"{socket.gethostname()}: another llmlab campaign is working there; wait for it "
                            "to end (or stop it), then run again\n")
     assert sorted(p.name for p in out.iterdir()) == [".lock"]  # nothing written, nothing deleted
 

@@ -34,7 +34,7 @@ from llmlab.train import train
 from llmlab.train.lock import RunLock
 from llmlab.train.loop import TrainingDiverged
 
-BUSY_HINT = ": another `llmlab campaign` is working there; wait for it to end (or stop it), then run again"
+BUSY_HINT = ": another llmlab campaign is working there; wait for it to end (or stop it), then run again"
 
 
 def run_and_report(campaign: Campaign, out_dir: str | Path, *, retrain: list[str] = (), remeasure: bool = False,
