@@ -444,13 +444,11 @@ def _add_rerun_flags(p: argparse.ArgumentParser) -> None:
 
 def _cmd_campaign(args: argparse.Namespace) -> int:
     from llmlab.campaign.plan import load_campaign
-    from llmlab.campaign.report import write_report
-    from llmlab.campaign.run import run_campaign
+    from llmlab.campaign.run import run_and_report
 
     campaign = load_campaign(args.campaign, args.set)
     out = args.out or f"runs/{campaign.name}"
-    run_campaign(campaign, out, retrain=args.retrain, remeasure=args.remeasure)
-    report = write_report(out, memory_gb=args.memory_gb)
+    report = run_and_report(campaign, out, retrain=args.retrain, remeasure=args.remeasure, memory_gb=args.memory_gb)
     print("\n" + report["markdown"])
     print("written: " + ", ".join(report["files"]))
     return 0

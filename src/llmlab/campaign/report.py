@@ -386,8 +386,10 @@ def write_report(directory: str | Path, memory_gb: float | None = None) -> dict[
     plots = draw(directory, records, memory[0])
     moe_text, moe_images = moe_section(records, directory)
     md = report_markdown(directory, records, rows, campaign, memory, plots, moe_text)
-    write_bytes_atomic(directory / "report.md", md.encode())
+    # Each file is written atomically, report.md (which names the others) last: a kill leaves the
+    # previous report.md or the new one, whole.
     write_bytes_atomic(directory / "report.csv", to_csv(rows).encode())
+    write_bytes_atomic(directory / "report.md", md.encode())
     pngs = [p for p in plots.values() if p] + moe_images
     files = [str(directory / "report.md"), str(directory / "report.csv")] + [str(directory / p) for p in pngs]
     return {"rows": rows, "markdown": md, "files": files}
