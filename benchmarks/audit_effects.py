@@ -23,12 +23,12 @@ import torch
 import torch._functorch.config
 import torch._inductor.config
 
-from llmlab.audit.dynamic import quiet, recompilations, reset, train_loss
+from llmlab.audit.dynamic import TrainStep, quiet, recompilations, reset
 from llmlab.bench.common import emit_json, environment, print_table
 from llmlab.timing import time_round_robin
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "audit"))
-PAIRS = ("nanogpt", "moe", "stats")
+PAIRS = ("nanogpt", "moe", "stats", "student")
 POSITIONS = 32
 
 
@@ -39,7 +39,8 @@ def _timed(fn: Callable[[], Any]) -> float:
 
 
 def train_case(model: torch.nn.Module, idx: torch.Tensor, backend: str | None, steps: int) -> Callable[[], None]:
-    loss_fn = torch.compile(train_loss, backend=backend) if backend else train_loss
+    step = TrainStep.of(model)  # model(idx, targets) when forward takes targets, as the audit's train step
+    loss_fn = torch.compile(step.__call__, backend=backend) if backend else step
     opt = torch.optim.SGD(model.parameters(), lr=1e-4)
 
     def run() -> None:
@@ -59,6 +60,8 @@ def decode_case(model: torch.nn.Module, idx: torch.Tensor, step: Callable, backe
         for m in model.modules():  # a new sequence: the grown cache starts empty (the static one is overwritten)
             if type(m).__module__ == "nanogpt_flawed" and hasattr(m, "cache_k"):
                 m.cache_k = m.cache_v = None
+        if hasattr(model, "reset_cache"):  # student_flawed: its tuple cache and Python position counter
+            model.reset_cache()
         for pos in range(POSITIONS):
             fn(model, idx[:, pos % idx.shape[1]:][:, :1], torch.tensor([pos]))
     return run

@@ -43,3 +43,9 @@ def build_moe():
 
 
 build = build_dense
+
+
+def build_moe_triton():
+    """The MoE on the Triton grouped GEMM, the path a GPU below sm90 (an A100) takes: dropless.
+    On a CPU it runs only in Triton's interpreter (TRITON_INTERPRET=1)."""
+    return _build("tiny-moe.toml", "model.moe.grouped_kernel=triton")

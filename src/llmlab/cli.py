@@ -326,8 +326,12 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
     p.add_argument("campaign", help="a campaign TOML (configs/campaigns/*.toml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every variant")
     _add_memory_gb(p)
-    p.add_argument("--mfu", type=float, default=0.40,
-                   help="model FLOPs utilisation assumed for the A100/H100 wall-time estimates (default 0.40)")
+    p.add_argument("--mfu", type=float, default=None,
+                   help="model FLOPs utilisation for the A100/H100 wall-time estimates (default: the dense "
+                        "baseline's measured in benchmarks/results/gpu-*.json for that GPU, else an assumed 0.40)")
+    p.add_argument("--seed-std", type=float, default=None, metavar="NATS",
+                   help="seed standard deviation of the test loss for the resolvable-difference estimate "
+                        "(default 0.014: the CPU study's, pooled over its compared arms)")
     p.add_argument("--measure-cpu", action="store_true",
                    help="time a few training steps of each variant on this CPU for a CPU wall-time estimate")
     p.add_argument("--json", action="store_true")
@@ -343,7 +347,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     from llmlab.bench.common import print_table
     from llmlab.campaign.estimate import estimate
     from llmlab.campaign.memory import MEMORY_COLUMNS, campaign_memory
-    from llmlab.campaign.plan import load_campaign, plan_rows
+    from llmlab.campaign.plan import flops_gaps, load_campaign, plan_rows
 
     campaign = load_campaign(args.campaign, args.set)
     rows = plan_rows(campaign)
@@ -351,19 +355,22 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     memory, budget = campaign_memory([(v.name, v.config.model, v.ablation) for v in campaign.variants],
                                      first.train.seq_len, first.train.device, args.memory_gb)
     advice = _dispatch_advice(campaign)
-    cost = estimate(campaign, mfu=args.mfu, measure_cpu=args.measure_cpu)
+    cost = estimate(campaign, mfu=args.mfu, measure_cpu=args.measure_cpu, seed_std=args.seed_std)
+    gaps = flops_gaps([(v.name, v.params["flops_per_token"], v.ablation) for v in campaign.variants])
     if args.json:
-        _print_json({"campaign": campaign.name, "match": campaign.match, "variants": rows,
+        _print_json({"campaign": campaign.name, "match": campaign.match, "variants": rows, "flops_gaps": gaps,
                      "memory_budget": budget, "memory": memory, "dispatch_advice": advice, "estimate": cost})
         return 0
     print(f"campaign {campaign.name}: {campaign.match} equal within {campaign.tolerance:.0%} "
           "(ablations exempt: they isolate one change and are not iso-parameter)")
     print_table(rows, [("variant", "variant", ""), ("role", "kind", ""), ("heads", "q/kv heads", ""),
-                       ("moe", "experts", ""), ("total", "total", ",d"),
+                       ("moe", "experts", ""), ("dispatch", "MoE dispatch", ""), ("total", "total", ",d"),
                        ("active_non_embedding", "active non-emb", ",d"), ("vs_first", "vs first", ".4f"),
                        ("flops_per_token", "FLOPs/token", ",d")])
     print_table(rows, [("variant", "variant", ""), ("tokens", "train tokens", ",d"), ("steps", "updates", ",d"),
                        ("dataset", "data", ""), ("tokenizer", "tokenizer", ""), ("differs", "recipe differs (ablations)", "")])
+    for gap in gaps:
+        print(f"FLOPs: {gap}")
     print(f"\n{budget}")
     print_table(memory, MEMORY_COLUMNS)
     for name, message in advice.items():
@@ -381,12 +388,23 @@ def _print_estimate(cost: dict[str, Any]) -> None:
     print_table(cost["rows"], [
         ("variant", "variant", ""), ("active", "active (with emb.)", ",d"), ("tokens", "tokens/run", ",d"),
         ("epochs_text", "epochs", ""), ("tokens_per_active_param", "tokens/active param", ".1f"),
-        ("hours_A100", "A100 h", ".3g"), ("hours_H100", "H100 h", ".3g"),
+        ("dropout", "dropout", "g"), ("recommended_dropout", "recommended", "g"),
+        ("expert_work_factor", "expert work vs top-k", ".2f"),
+        ("hours_A100", "A100 h (sweep+seeds)", ".3g"), ("hours_H100", "H100 h (sweep+seeds)", ".3g"),
         ("cpu_tokens_per_s", "CPU tok/s", ",.0f"), ("hours_cpu", "CPU h", ".3g")])
     cpu = f", this CPU {cost['hours_cpu']:.3g} h (measured steps)" if cost["hours_cpu"] is not None else \
         " (--measure-cpu for this CPU)"
-    print(f"campaign wall time, training only: A100 {cost['hours_A100']:.3g} h, H100 {cost['hours_H100']:.3g} h "
-          f"at {cost['mfu']:.0%} MFU (bf16 peak){cpu}")
+    mfu = "; ".join(f"{gpu} {m['mfu']:.0%} ({m['source']})" for gpu, m in cost["mfu"].items())
+    print(f"campaign wall time, training only, sweep and seeds included: A100 {cost['hours_A100']:.3g} h, "
+          f"H100 {cost['hours_H100']:.3g} h{cpu}")
+    print(f"MFU (bf16 peak): {mfu}")
+    r = cost["resolution"]
+    if r["resolvable"] is None:
+        print(f"smallest resolvable test-loss difference: none with {r['seeds']} seed (no seed sd to test against)")
+    else:
+        print(f"smallest resolvable test-loss difference (estimate): ~{r['resolvable']:.3f} nats/token between two arms' "
+              f"means with {r['seeds']} seeds, at a seed sd of {r['seed_std']:g} ({r['seed_std_source']}; unpaired "
+              "95 % t half-width, pairing by seed can do better)")
     for warning in cost["warnings"]:
         print(f"warning: {warning}")
 
@@ -426,13 +444,11 @@ def _add_rerun_flags(p: argparse.ArgumentParser) -> None:
 
 def _cmd_campaign(args: argparse.Namespace) -> int:
     from llmlab.campaign.plan import load_campaign
-    from llmlab.campaign.report import write_report
-    from llmlab.campaign.run import run_campaign
+    from llmlab.campaign.run import run_and_report
 
     campaign = load_campaign(args.campaign, args.set)
     out = args.out or f"runs/{campaign.name}"
-    run_campaign(campaign, out, retrain=args.retrain, remeasure=args.remeasure)
-    report = write_report(out, memory_gb=args.memory_gb)
+    report = run_and_report(campaign, out, retrain=args.retrain, remeasure=args.remeasure, memory_gb=args.memory_gb)
     print("\n" + report["markdown"])
     print("written: " + ", ".join(report["files"]))
     return 0

@@ -1,6 +1,7 @@
 """`llmlab audit` on the shipped examples: every planted hazard found at its line, fixed versions
 and llmlab's own models ready, --json one object. Each example is audited once (module-scoped
-fixtures, CLI run in-process) so the whole file stays within ~1.5 min on 2 cores."""
+fixtures, CLI run in-process): 11 audits and one compile-check took 7 min on the shared 2 cores
+at load average 10 from other jobs."""
 
 from __future__ import annotations
 
@@ -15,12 +16,13 @@ import pytest
 
 from llmlab.audit import audit, render, to_json
 from llmlab.audit.hazards import HAZARDS
+from llmlab.bench.compile_check import main as compile_check_main
 from llmlab.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples" / "audit"
-FLAWED = ("nanogpt_flawed", "moe_flawed", "stats_flawed")
-FIXED = ("nanogpt_fixed", "moe_fixed", "stats_fixed")
+FLAWED = ("nanogpt_flawed", "moe_flawed", "stats_flawed", "student_flawed")
+FIXED = ("nanogpt_fixed", "moe_fixed", "stats_fixed", "student_fixed")
 LLMLAB = ("build_dense", "build_gqa", "build_moe")
 
 
@@ -96,7 +98,7 @@ def test_fixed_examples_and_llmlab_models_are_ready(audits: dict, name: str) -> 
     assert all(c["ok"] for c in report["checks"])
     names = [c["check"] for c in report["checks"]]
     assert any(n.startswith("train step compilations") for n in names)
-    if name.startswith(("nanogpt", "build")):
+    if name.startswith(("nanogpt", "student", "build")):
         decode = next(c for c in report["checks"] if c["check"].startswith("decode"))
         assert decode["value"] == 1  # one compilation for 32 positions
 
@@ -130,3 +132,41 @@ def test_text_report_lists_checks_findings_and_verdict(audits: dict) -> None:
     for f in report["findings"]:
         assert f"{Path(f['file']).name}:{f['line']}" in text and f["doc"] in text
     assert text.rstrip().endswith(f"verdict: {len(report['findings'])} hazard(s) found, not compile-ready (exit 1)")
+
+
+def test_the_train_step_runs_the_loss_path_as_trained(audits: dict) -> None:
+    """student_*.py: forward(idx, targets=None) is called with targets and its own loss is
+    backpropagated, so the code under `if targets is not None:` (the NaN check and its print,
+    planted) is read and compiled; llmlab's GPT takes no targets: model(idx) and the audit's loss."""
+    for name in ("student_flawed", "student_fixed"):
+        assert audits[name][1]["train_path"] == "model(idx, targets): the loss the model returns"
+    found = {f["hazard"] for f in audits["student_flawed"][1]["findings"]
+             if "isnan(loss)" in f["code"] or "NaN loss" in f["code"]}
+    assert found == {"tensor-branch", "print-log"}
+    assert audits["build_moe"][1]["train_path"].startswith("model(idx): cross-entropy + aux_loss")
+
+
+def test_a_cache_grown_through_locals_is_named_and_its_recompilations_folded_in(audits: dict) -> None:
+    """The tuple cache grown by cat: reported at the cat line (cat-cache, static+dynamic, dynamo's
+    guards on `cache` as evidence), not as recompilations at the `if self.cache is not None` test
+    and the block's `def forward`."""
+    findings = [f for f in audits["student_flawed"][1]["findings"] if f["file"].endswith("student_flawed.py")]
+    assert not [f for f in findings if f["hazard"] == "recompilation"]
+    cat = next(f for f in findings if f["hazard"] == "cat-cache")
+    assert cat["source"] == "static+dynamic" and "self.cache" in cat["detail"]
+    assert any("cache is None" in e for e in cat["evidence"]) and any("size mismatch" in e for e in cat["evidence"])
+
+
+def test_compile_check_and_audit_give_the_same_rows(audits: dict, capsys: pytest.CaptureFixture) -> None:
+    """One owner for the dynamic checks: compile-check on tiny-moe (the settings of
+    examples/audit/llmlab_models.py:build_moe) prints the rows the audit of that model printed."""
+    args = ["configs/models/tiny-moe.toml", "--set", "model.vocab_size=512", "--set", "model.n_layers=2",
+            "--set", "model.moe.dispatch=capacity", "--backend", "aot_eager", "--steps", "3",
+            "--decode-steps", "32", "--seq-len", "32", "--json"]
+    capsys.readouterr()
+    assert compile_check_main(args) == 0
+    rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"]
+    audited = [c for c in audits["build_moe"][1]["checks"] if not c["info"]]
+    assert [c["check"] for c in audited] == ["forward graph breaks", "train step compilations in 3 steps",
+                                             "decode compilations over 32 positions"]
+    assert [{**r, "seconds": 0} for r in rows] == [{**c, "seconds": 0} for c in audited]

@@ -89,3 +89,71 @@ if x.shape[0] > 100:
     print(x.sum().item())  # never runs for this model: not its hazard
 return y + mask.sum()
 """, X) == set()
+
+
+def test_flags_a_tuple_cache_grown_through_locals(tmp_path: Path) -> None:
+    """The cache read into locals, grown, stored back as a tuple: the cat lines name the attribute."""
+    body = """
+k = self.lin(x)
+if self.past is not None:
+    past_k, past_v = self.past
+    k = torch.cat([past_k, k], dim=0)
+    v = torch.cat((past_v, k), dim=0)
+self.past = (k, k)
+return k
+"""
+    assert findings(tmp_path, body, X, calls=2) == {("cat-cache", "k = torch.cat([past_k, k], dim=0)"),
+                                                    ("cat-cache", "v = torch.cat((past_v, k), dim=0)")}
+
+
+def test_a_cat_of_locals_not_read_from_stored_state_is_not_a_cache(tmp_path: Path) -> None:
+    assert findings(tmp_path, """
+h = self.lin(x)
+both = torch.cat([h, x], dim=0)
+self.last = both.sum()
+return both
+""", X) == set()
+
+
+def test_flags_branches_on_data_dependent_sizes_and_tensor_values(tmp_path: Path) -> None:
+    """`.numel()` of a where-selection, `.any()`/`.all()`, a comparison of a loss, `torch.isnan`:
+    and the body of an `if` on a tensor value is reported even when the data did not take it."""
+    found = findings(tmp_path, """
+y = self.lin(x)
+for e in range(2):
+    rows = torch.where(y[:, e] > 0)[0]
+    picked = y[rows]
+    if rows.numel() == 0:
+        continue
+    if len(picked) > 3:
+        y = y + 1
+loss = torch.nn.functional.mse_loss(y, x)
+if (y > 1e9).any() or not torch.isfinite(y).all():
+    y = y * 0
+if loss > 1e9:
+    y = y * 0
+if torch.isnan(loss):
+    print("NaN loss")
+return y
+""", X)
+    assert {("tensor-branch", "if rows.numel() == 0:"), ("tensor-branch", "if len(picked) > 3:"),
+            ("tensor-branch", "if (y > 1e9).any() or not torch.isfinite(y).all():"),
+            ("tensor-branch", "if loss > 1e9:"), ("tensor-branch", "if torch.isnan(loss):"),
+            ("print-log", 'print("NaN loss")'), ("data-dependent-shape", "rows = torch.where(y[:, e] > 0)[0]")} <= found
+
+
+def test_position_counters_and_tensor_buffers(tmp_path: Path) -> None:
+    """`self.pos += T` is a Python int position; `self.<buffer> += torch.bincount(...)` is a tensor
+    update (not Python state), whose hazard is bincount's data-dependent size."""
+    found = findings(tmp_path, """
+if not hasattr(self, "pos"):
+    self.pos, self.calls = 0, 0
+    self.register_buffer("load", torch.zeros(4, dtype=torch.long))
+T = x.shape[0]
+self.pos += T
+self.calls += 1
+self.load += torch.bincount(x.argmax(-1), minlength=4)
+return self.lin(x)
+""", X)
+    assert found == {("int-position", "self.pos += T"), ("global-state", "self.calls += 1"),
+                     ("data-dependent-shape", "self.load += torch.bincount(x.argmax(-1), minlength=4)")}

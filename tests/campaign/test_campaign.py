@@ -28,14 +28,16 @@ def write_campaign(tmp_path: Path, body: str) -> Path:
 def test_demo_campaign_variants_match_active_parameters() -> None:
     campaign = load_campaign(REPO / "configs/campaigns/demo.toml")
     names = [v.name for v in campaign.variants]
-    assert names == ["base", "base+gqa", "base+gqa+moe", "base+gqa (kv only)"]
+    assert names == ["base", "base+gqa", "base+gqa (wider FFN)", "base+gqa+moe", "base+gqa (kv only)"]
     rows = plan_rows(campaign)
     assert all(abs(r["vs_first"] - 1) <= 0.01 for r in rows if r["role"] != "ablation")
     assert len({r["tokens"] for r in rows}) == 1  # equal budget, the ablation's too
     # the shared recipe's [model] keys (the byte vocabulary) override each variant's model file
     assert {v.config.model.vocab_size for v in campaign.variants} == {257}
-    base, gqa, moe, kv_only = campaign.variants
+    base, gqa, wide, moe, kv_only = campaign.variants
     assert gqa.config.model.n_kv_heads < base.config.model.n_kv_heads
+    assert (wide.config.model.n_kv_heads, wide.config.model.n_heads) == (gqa.config.model.n_kv_heads, base.config.model.n_heads)
+    assert wide.config.model.d_ff > base.config.model.d_ff  # the saved KV parameters, in the FFN
     assert moe.config.model.moe is not None and moe.params["total"] > base.params["total"]
 
 
@@ -48,7 +50,7 @@ def test_demo_campaign_has_the_gqa_ablation_labelled() -> None:
     assert kv_only.ablation and rows["base+gqa (kv only)"]["role"] == "ablation"
     assert (kv_only.config.model.n_heads, kv_only.config.model.n_kv_heads) == (base.n_heads, gqa.n_kv_heads)
     assert rows["base+gqa (kv only)"]["vs_first"] < 0.99  # fewer parameters: not iso-parameter
-    assert [r["role"] for r in rows.values()] == ["baseline", "compared", "compared", "ablation"]
+    assert [r["role"] for r in rows.values()] == ["baseline", "compared", "compared", "compared", "ablation"]
     out = subprocess.run([sys.executable, "-m", "llmlab", "plan", str(REPO / "configs/campaigns/demo.toml"),
                           "--memory-gb", "1"], capture_output=True, text=True, check=True).stdout
     assert re.search(r"base\+gqa \(kv only\)\s+ablation", out)
@@ -213,11 +215,49 @@ def test_report_without_runs_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_shipped_campaigns_plan() -> None:
+    """Every shipped campaign has the five arms (the quick 125M tier the three main ones), the
+    compared ones within 1 % active non-embedding parameters of the baseline."""
+    five = ["base", "base+gqa", "base+gqa (wider FFN)", "base+gqa+moe", "base+gqa (kv only)"]
     for path in sorted((REPO / "configs/campaigns").glob("*.toml")):
         campaign = load_campaign(path)
-        assert [v.name for v in campaign.variants] == ["base", "base+gqa", "base+gqa+moe", "base+gqa (kv only)"]
-        assert [v.ablation for v in campaign.variants] == [False, False, False, True], path
+        names = [v.name for v in campaign.variants]
+        assert names == (["base", "base+gqa", "base+gqa+moe"] if path.stem.endswith("-quick") else five), path
+        assert [v.ablation for v in campaign.variants] == [n == "base+gqa (kv only)" for n in names], path
         assert len({v.config.data.tokenizer for v in campaign.variants}) == 1  # one tokenizer for all
+        rows = plan_rows(campaign)
+        assert all(abs(r["vs_first"] - 1) <= 0.01 for r in rows if r["role"] != "ablation"), path
+
+
+DROPPING_ARM = """
+[[variant]]
+name = "base"
+include = "{repo}/configs/models/tiny.toml"
+[[variant]]
+name = "moe"
+include = "{model}"
+"""
+
+
+def test_a_token_dropping_moe_arm_needs_an_explicit_capacity_factor(tmp_path: Path) -> None:
+    """A compared MoE arm whose included model file drops tokens (capacity + capacity_factor) is
+    refused in one line, exit 2; the campaign's own capacity_factor (the arm's [variant.model.moe])
+    accepts it, and an ablation is exempt."""
+    model = tmp_path / "moe.toml"
+    model.write_text(f'include = "{REPO}/configs/models/tiny-moe.toml"\n[model]\nn_heads = 4\nn_kv_heads = 4\n'
+                     'd_ff = 384\n[model.moe]\nd_ff_expert = 192\ndispatch = "capacity"\ncapacity_factor = 1.25\n')
+    path = write_campaign(tmp_path, "tolerance = 0.02\n" + DROPPING_ARM.format(repo=REPO, model=model))
+    with pytest.raises(ConfigError, match=r"variant 'moe': model.moe.dispatch = 'capacity' with capacity_factor 1.25 "
+                                          r"\(from an included file\) drops .* setting capacity_factor in that arm"):
+        load_campaign(path)
+    proc = subprocess.run([sys.executable, "-m", "llmlab", "plan", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "capacity_factor" in proc.stderr
+    own = write_campaign(tmp_path, "tolerance = 0.02\n" + DROPPING_ARM.format(repo=REPO, model=model)
+                         + "[variant.model.moe]\ncapacity_factor = 1.5\n")
+    accepted = load_campaign(own)  # chosen in the campaign, for that arm
+    assert plan_rows(accepted)[1]["dispatch"] == "capacity, factor 1.5 (drops overflow)"
+    ablation = write_campaign(tmp_path, DROPPING_ARM.format(repo=REPO, model=model).replace(
+        'name = "moe"', 'name = "moe"\nablation = true'))
+    assert load_campaign(ablation).variants[1].ablation
 
 
 MINI = """
@@ -497,13 +537,13 @@ def test_seed_runs_share_everything_but_lr_and_seed() -> None:
     campaign = load_campaign(REPO / "configs/campaigns/cpu-study.toml")
     assert campaign.seeds == [0, 1, 2] and campaign.sweep.lr == [5e-4, 1e-3, 2e-3, 4e-3]
     sweep = sweep_runs(campaign)
-    assert len(sweep) == 16 and {r.seed for r in sweep} == {0}
+    assert len(sweep) == 20 and {r.seed for r in sweep} == {0}  # 5 variants x 4 LRs
     first = sweep[0].config.train
     assert (first.total_steps(), first.warmup, first.lr) == (240, 10, 5e-4)
     assert first.min_lr == pytest.approx(2e-4 * 5e-4 / 2e-3)
     runs = seed_runs(campaign, {v.name: 1e-3 for v in campaign.variants})
-    assert [r.dirname for r in runs[:5]] == ["base/seed-0", "base-gqa/seed-0", "base-gqa-moe/seed-0",
-                                              "base-gqa--kv-only-/seed-0", "base/seed-1"]
+    assert [r.dirname for r in runs[:6]] == ["base/seed-0", "base-gqa/seed-0", "base-gqa--wider-FFN-/seed-0",
+                                              "base-gqa-moe/seed-0", "base-gqa--kv-only-/seed-0", "base/seed-1"]
     assert {r.config.train.total_steps() for r in runs} == {480}
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +18,11 @@ import torch
 
 from trainkit import subprocess_env, train_rows, write_config
 
-from llmlab.train import EXIT_STOPPED, checkpoint
+from llmlab.config import load_run_config
+from llmlab.runs import read_metrics
+from llmlab.train import EXIT_STOPPED, checkpoint, train
+from llmlab.train.metrics import WALL_CLOCK_FIELDS
+from llmlab.train.routing_probe import read_routing
 
 STEPS = 100
 TRAIN = {"max_steps": STEPS, "ckpt_interval": 10, "keep_checkpoints": 2, "log_interval": 1}
@@ -126,6 +131,40 @@ def test_sigterm_finishes_the_step_checkpoints_and_exits_75(reference, tmp_path)
     assert "run again to resume" in out
     finish(config, run_dir)
     assert_same_run(run_dir, ref_dir)
+
+
+def logged(run_dir: Path) -> list[dict]:
+    """metrics.jsonl without its events and wall-clock fields: what a resume must reproduce."""
+    return [{k: v for k, v in row.items() if k not in WALL_CLOCK_FIELDS}
+            for row in read_metrics(run_dir) if "event" not in row]
+
+
+@pytest.mark.parametrize("rollback", ["final", "intermediate"])
+def test_a_resume_after_a_kill_logs_no_row_twice(make_config, tmp_path, rollback):
+    """The states a kill leaves, made exactly: "final" = killed after the last checkpoint and the
+    final evaluation's row, before result.json (that row used to be logged twice); "intermediate"
+    = killed after evaluation rows (steps 3, 6, 9) that no checkpoint covers (only step 4's is
+    left). The resumed log equals the uninterrupted one but for events and wall-clock fields;
+    so do result.json's losses and the MoE routing records."""
+    cfg = load_run_config(make_config("moe", train={"max_steps": 12, "ckpt_interval": 4, "eval_interval": 3,
+                                                    "keep_checkpoints": 3, "eval_windows": 4}))
+    reference, run_dir = tmp_path / "reference", tmp_path / "killed"
+    train(cfg, reference)
+    shutil.copytree(reference, run_dir)
+    (run_dir / "result.json").unlink()
+    if rollback == "intermediate":
+        directory = checkpoint.ckpt_dir(run_dir)
+        checkpoint.write_manifest(directory, checkpoint.read_manifest(directory)[:1])
+        assert checkpoint.load_latest(run_dir)[0].step == 4
+    train(cfg, run_dir)
+    assert logged(run_dir) == logged(reference)
+    assert [r["step"] for r in logged(run_dir) if "val_loss" in r] == [3, 6, 9, 12]
+    events = [r["event"] for r in read_metrics(run_dir) if "event" in r]
+    assert events == ["start", "resume"]
+    got, want = (json.loads((d / "result.json").read_text()) for d in (run_dir, reference))
+    assert {k: got[k] for k in got if "loss" in k or "ppl" in k} == {k: want[k] for k in want if "loss" in k or "ppl" in k}
+    routing = lambda d: [(s, t.tolist()) for s, t in read_routing(d)]  # noqa: E731
+    assert routing(run_dir) == routing(reference) and [s for s, _ in routing(run_dir)] == [3, 6, 9, 12]
 
 
 def test_per_step_values_between_log_rows_survive_a_stop_and_resume(make_config, tmp_path, monkeypatch):

@@ -9,16 +9,23 @@ Backends (the answers below depend on dynamo's tracing and guards, not on code g
 Graphs and graph-break reasons are collected by `ExplainWithBackend` (what `torch._dynamo.explain`
 uses) wrapped around the backend, so one compilation answers both; recompilation reasons come from
 `torch._dynamo.utils.get_compilation_metrics()` (the guard that failed, and the user's line).
+
+The train step calls the model the way a training loop does (TrainStep: model(idx, targets)
+when forward takes targets). `run_checks` is the one entry point: `llmlab audit` runs it with the
+backends above, `llmlab compile-check` with its own (inductor by default) and dtype.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import io
 import logging
 import re
-from typing import Any, Iterator
+import time
+import traceback
+from typing import Any, Callable, Iterator
 
 import torch
 import torch._dynamo
@@ -31,6 +38,8 @@ from llmlab.audit.coverage import is_user_file
 from llmlab.audit.target import AuditInputError, Target
 
 DECODE_POSITIONS = 32
+TARGET_NAMES = ("targets", "labels")
+TRAIN_BACKEND, DECODE_BACKEND = "aot_eager", "eager"  # the audit's: dynamo's answers without code generation
 
 
 @dataclasses.dataclass
@@ -52,6 +61,11 @@ class CheckResult:
     events: list[Event] = dataclasses.field(default_factory=list)
     seconds: float = 0.0
     info: bool = False  # information only: never fails the audit
+
+    def to_dict(self) -> dict[str, Any]:
+        """The row both `llmlab audit --json` and `llmlab compile-check` print."""
+        return {"check": self.name, "value": self.value, "ok": self.ok, "info": self.info, "detail": self.detail,
+                "seconds": round(self.seconds, 2)}
 
 
 @contextlib.contextmanager
@@ -94,17 +108,78 @@ def output_tensor(out: Any) -> torch.Tensor:
                           "with .logits, or a tuple/list/dict holding one")
 
 
-def train_loss(model: torch.nn.Module, idx: torch.Tensor) -> torch.Tensor:
-    """A loss to backpropagate: cross-entropy against idx when the output looks like LM logits (the
-    value does not matter, the backward graph does), else the mean square; plus any .aux_loss."""
-    out = model(idx)
+@dataclasses.dataclass(frozen=True)
+class TrainStep:
+    """How a training step calls the model, read once from forward's signature (outside the
+    compiled code): model(idx), or model(idx, targets) the way a training loop does.
+
+    forward(idx, targets=None, ...) (nanoGPT; `labels` for Hugging Face models) gets targets
+    (by keyword when it is not forward's second parameter), and the loss it returns is the loss
+    (a scalar in the output tuple, .loss, or ["loss"]): the code under `if targets is not None:`
+    is what gets compiled. Otherwise the loss is cross-entropy against idx when the output looks
+    like LM logits (the value does not matter, the backward graph does), else the mean square;
+    plus any .aux_loss."""
+
+    targets: str | None = None
+    by_keyword: bool = False
+
+    @classmethod
+    def of(cls, model: torch.nn.Module) -> "TrainStep":
+        try:
+            params = list(inspect.signature(model.forward).parameters.values())
+        except (TypeError, ValueError):  # a C-implemented or oddly wrapped forward: no signature to read
+            return cls()
+        usable = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        found = next((p for p in params[1:] if p.name in TARGET_NAMES and p.kind in usable), None)
+        if found is None:
+            return cls()
+        return cls(found.name, by_keyword=found is not params[1] or found.kind != inspect.Parameter.POSITIONAL_OR_KEYWORD)
+
+    def __call__(self, model: torch.nn.Module, idx: torch.Tensor) -> torch.Tensor:
+        return self.run(model, idx)[0]
+
+    def run(self, model: torch.nn.Module, idx: torch.Tensor) -> tuple[torch.Tensor, str]:
+        """(the loss, which path ran: for the report)."""
+        if self.targets is None:
+            out, call = model(idx), "model(idx)"
+        else:
+            targets = _targets(idx, self.targets)
+            out = model(idx, **{self.targets: targets}) if self.by_keyword else model(idx, targets)
+            call = f"model(idx, {self.targets}={self.targets})" if self.by_keyword else f"model(idx, {self.targets})"
+            loss = returned_loss(out)
+            if loss is not None:
+                return loss, f"{call}: the loss the model returns"
+        loss, how = _audit_loss(out, idx)
+        return loss, f"{call}: {how} of the output (the audit's loss)"
+
+
+def _targets(idx: torch.Tensor, name: str) -> torch.Tensor:
+    """What a training batch holds: `targets` are the next tokens (nanoGPT's y is x shifted by one;
+    here idx rolled: the values do not matter, their shape and range do); `labels` are the input
+    itself (Hugging Face models shift inside)."""
+    return idx.roll(-1, dims=-1) if name == "targets" and idx.ndim > 1 else idx
+
+
+def _audit_loss(out: Any, idx: torch.Tensor) -> tuple[torch.Tensor, str]:
     logits = output_tensor(out)
     if logits.ndim == idx.ndim + 1 and logits.shape[:-1] == idx.shape and not idx.is_floating_point():
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, -2).float(), idx.flatten())
+        loss, how = torch.nn.functional.cross_entropy(logits.flatten(0, -2).float(), idx.flatten()), "cross-entropy"
     else:
-        loss = logits.float().square().mean()
+        loss, how = logits.float().square().mean(), "mean square"
     aux = getattr(out, "aux_loss", None)
-    return loss + aux if isinstance(aux, torch.Tensor) and aux.numel() == 1 else loss
+    if isinstance(aux, torch.Tensor) and aux.numel() == 1:
+        return loss + aux, how + " + aux_loss"
+    return loss, how
+
+
+def returned_loss(out: Any) -> torch.Tensor | None:
+    """The scalar loss a model returned next to its logits: .loss, ["loss"], or the first 0-dim
+    floating tensor of a tuple/list ((logits, loss)); None when it returned none (loss=None)."""
+    for loss in (getattr(out, "loss", None), out.get("loss") if isinstance(out, dict) else None):
+        if isinstance(loss, torch.Tensor):
+            return loss
+    items = out if isinstance(out, (tuple, list)) else []
+    return next((x for x in items if isinstance(x, torch.Tensor) and x.ndim == 0 and x.is_floating_point()), None)
 
 
 _WRAPPERS = ("Encountered graph break", "Failed to handle graph break", "Graph Break Reason:", "***")
@@ -212,18 +287,26 @@ def reset() -> None:
     dynamo_utils.clear_compilation_metrics()
 
 
-def check_train(t: Target, steps: int) -> list[CheckResult]:
+def precision(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """Autocast to dtype (bf16: what a GPU training step runs), or nothing for None."""
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+def check_train(t: Target, steps: int, backend: str = TRAIN_BACKEND, dtype: torch.dtype | None = None
+                ) -> list[CheckResult]:
     """Forward + backward + optimizer for `steps` steps at fixed shapes, compiled once with
-    ExplainWithBackend("aot_eager"): the first step's graph breaks (with reasons and lines), then
+    ExplainWithBackend(backend): the first step's graph breaks (with reasons and lines), then
     the compilations over all steps (1 expected)."""
     reset()
-    explain = ExplainWithBackend("aot_eager")
-    compiled = torch.compile(train_loss, backend=explain)
+    explain = ExplainWithBackend(backend)
+    compiled = torch.compile(TrainStep.of(t.model).__call__, backend=explain)
     opt = torch.optim.SGD([p for p in t.model.parameters() if p.requires_grad], lr=1e-4)
     t.model.train()
     with GraphBreakLog() as log:
         for i in range(steps):
-            compiled(t.model, t.idx).backward()
+            with precision(t.idx.device, dtype):
+                loss = compiled(t.model, t.idx)
+            loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
             if i == 0:
@@ -257,7 +340,7 @@ def check_shapes(t: Target) -> CheckResult:
     drop_last avoid it). Backend "eager": the answer is dynamo's guards', the backward adds nothing."""
     reset()
     counter = CompileCounterWithBackend("eager")
-    compiled = torch.compile(train_loss, backend=counter)
+    compiled = torch.compile(TrainStep.of(t.model).__call__, backend=counter)
     t.model.train()
     shapes = other_shapes(t.idx)
     with torch.no_grad():
@@ -290,15 +373,16 @@ def decode_inputs(t: Target, position: int) -> tuple[torch.Tensor, torch.Tensor]
 
 
 @torch.no_grad()
-def check_decode(t: Target, positions: int = DECODE_POSITIONS) -> CheckResult:
-    """The decode step compiled (backend "eager") over `positions` successive positions: a static
-    cache with tensor positions compiles once; a grown cache or an int position recompiles."""
+def check_decode(t: Target, positions: int = DECODE_POSITIONS, backend: str = DECODE_BACKEND,
+                 dtype: torch.dtype | None = None) -> CheckResult:
+    """The decode step compiled over `positions` successive positions: a static cache with tensor
+    positions compiles once; a grown cache or an int position recompiles."""
     assert t.decode_step is not None
     t.model.eval()
     reset()
-    explain = ExplainWithBackend("eager")
+    explain = ExplainWithBackend(backend)
     compiled = torch.compile(t.decode_step, backend=explain)
-    with GraphBreakLog() as log:
+    with GraphBreakLog() as log, precision(t.idx.device, dtype):
         for pos in range(positions):
             compiled(t.model, *decode_inputs(t, pos))
     metric_breaks, recompiles = _metric_events()
@@ -307,3 +391,41 @@ def check_decode(t: Target, positions: int = DECODE_POSITIONS) -> CheckResult:
     detail = f"{len(breaks)} graph break(s), {len(recompiles)} recompilation(s)"
     return CheckResult(f"decode compilations over {positions} positions", value, value == 1, detail,
                        breaks + recompiles)
+
+
+def run_checks(t: Target, steps: int, *, positions: int = DECODE_POSITIONS, shapes: bool = True,
+               backend: str | None = None, dtype: torch.dtype | None = None) -> list[CheckResult]:
+    """The compiled checks, each guarded (a check that raises is a failed row, not a crash): train
+    step (and forward graph breaks), other shapes (information; `shapes=False` skips it), decode
+    when t has a decode step. backend None: the audit's (aot_eager for training, eager for decode);
+    `llmlab compile-check` passes its own (inductor by default) and a dtype to autocast to."""
+    t0 = time.perf_counter()
+    try:
+        checks = check_train(t, steps, backend or TRAIN_BACKEND, dtype)
+    except Exception as e:  # noqa: BLE001 - a failure to compile is a finding, not a crash
+        checks = [_failed(f"train step compilations in {steps} steps", e)]
+    checks[-1].seconds = time.perf_counter() - t0
+    if shapes:
+        checks.append(_guarded("other batch/seq shapes (info)", check_shapes, t))
+    if t.decode_step is not None:
+        checks.append(_guarded(f"decode compilations over {positions} positions", check_decode, t, positions,
+                               backend or DECODE_BACKEND, dtype))
+    return checks
+
+
+def _guarded(name: str, check: Callable[..., CheckResult], *args: Any) -> CheckResult:
+    t0 = time.perf_counter()
+    try:
+        result = check(*args)
+    except Exception as e:  # noqa: BLE001 - a failure to compile is a finding, not a crash
+        result = _failed(name, e)
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _failed(name: str, e: Exception) -> CheckResult:
+    """A check that raised: the compiled code failed where plain Python ran (the eager pass did)."""
+    frames = [(f.filename, f.lineno) for f in traceback.extract_tb(e.__traceback__)]
+    file, line = user_location(frames)
+    reason = f"{type(e).__name__}: {first_line(str(e))}"
+    return CheckResult(name, "error", False, reason, [Event("compile-error", reason, file, line)])

@@ -55,7 +55,9 @@ HAZARDS: dict[str, Hazard] = {h.id: h for h in [
            "prefill once, then decode one token (B, 1) per step into a static KV cache",
            "generation-loops-one-shape-per-step"),
     Hazard("tensor-branch", "Python control flow on a tensor value", (GRAPH_BREAK,),
-           "compute both sides and select with torch.where, clamp or nan_to_num; or torch.cond",
+           "no Python `if` on a value in the step: select with a mask (torch.where), clamp or nan_to_num, "
+           "or torch.cond; a check (a NaN loss, an empty expert) goes outside the compiled step on the returned "
+           "tensors, or disappears with static-shape code",
            "python-control-flow-on-tensor-values"),
     Hazard("print-log", "`print` / logging in compiled code", (GRAPH_BREAK,),
            "return the value and log it outside the compiled step", "print-and-logging"),

@@ -20,9 +20,8 @@ def _rel(path: str) -> str:
 def to_json(report: AuditReport) -> dict[str, Any]:
     return {
         "audit": report.spec, "verdict": "ready" if report.ready else "hazards", "exit_code": report.exit_code,
-        "device": report.device, "train_steps": report.steps, "seconds": round(report.seconds, 2),
-        "checks": [{"check": c.name, "value": c.value, "ok": c.ok, "info": c.info, "detail": c.detail,
-                    "seconds": round(c.seconds, 2)} for c in report.checks],
+        "device": report.device, "train_steps": report.steps, "train_path": report.train_path,
+        "seconds": round(report.seconds, 2), "checks": [c.to_dict() for c in report.checks],
         "findings": [{**f.to_dict(), "file": _rel(f.file)} for f in report.findings],
     }
 
@@ -35,7 +34,8 @@ def render(report: AuditReport) -> str:
     if not report.has_decode:
         rows.append(("decode", "-", "-", "no decode_step returned by the factory: not checked"))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    lines = [f"llmlab audit {report.spec} ({report.device}, {report.steps} train steps; {report.seconds:.1f} s)", ""]
+    lines = [f"llmlab audit {report.spec} ({report.device}, {report.steps} train steps; {report.seconds:.1f} s)",
+             f"train step: {report.train_path}", ""]
     lines += ["  ".join(r[i].ljust(widths[i]) for i in range(3)) + "  " + r[3] for r in rows]
     if report.findings:
         lines += ["", f"findings ({len(report.findings)}):"]

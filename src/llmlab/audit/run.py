@@ -12,22 +12,21 @@ import dataclasses
 import inspect
 import re
 import time
-import traceback
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 from llmlab.audit.coverage import Coverage, is_user_file, record
-from llmlab.audit.dynamic import (DECODE_POSITIONS, CheckResult, Event, check_decode, check_shapes,
-                                  check_train, decode_inputs, first_line, quiet, train_loss,
-                                  user_location)
+from llmlab.audit.dynamic import CheckResult, Event, TrainStep, decode_inputs, first_line, quiet, run_checks
 from llmlab.audit.hazards import Finding
 from llmlab.audit.static import scan
 from llmlab.audit.target import AuditInputError, Target, load_target, user_error
 from llmlab.errors import ConfigError
 
 COVERAGE_DECODE_POSITIONS = 3  # enough for a cache's first call (empty) and a later one (grown)
+STATE_HAZARDS = ("cat-cache", "global-state", "int-position")  # findings about state a guard can name
+GUARD_INTERNALS = {"_modules", "_parameters", "_buffers"}  # nn.Module's dicts in dynamo's guard sources
 
 
 @dataclasses.dataclass
@@ -39,6 +38,7 @@ class AuditReport:
     findings: list[Finding]
     seconds: float
     has_decode: bool
+    train_path: str = ""  # how the train step called the model, and whose loss it backpropagated
 
     @property
     def ready(self) -> bool:
@@ -56,13 +56,13 @@ def audit(spec: str, device: str = "cpu", steps: int = 4) -> AuditReport:
     start = time.perf_counter()
     with quiet():
         target = _on_device(load_target(spec), device)
-        cov = _eager_pass(target)
+        cov, train_path = _eager_pass(target)
         fresh = _on_device(target.rebuild(), device)
-        checks = _compiled_checks(fresh, steps)
+        checks = run_checks(fresh, steps)
     static = scan(cov, _loop_files(target))
     findings = merge(static, checks, default_where=_default_where(target))
     has_decode = target.decode_step is not None
-    return AuditReport(spec, device, steps, checks, findings, time.perf_counter() - start, has_decode)
+    return AuditReport(spec, device, steps, checks, findings, time.perf_counter() - start, has_decode, train_path)
 
 
 def _on_device(t: Target, device: str) -> Target:
@@ -73,19 +73,22 @@ def _on_device(t: Target, device: str) -> Target:
         raise AuditInputError(f"--device {device}: {first_line(str(e))}") from None
 
 
-def _eager_pass(t: Target) -> Coverage:
-    """Forward (train mode) and a few decode positions, eagerly: the user's errors surface here
-    (exit 2), and the tracer records which lines of user code run."""
+def _eager_pass(t: Target) -> tuple[Coverage, str]:
+    """The train step's forward and loss (train mode) and a few decode positions, eagerly: the
+    user's errors surface here (exit 2), the tracer records which lines of user code run, and the
+    train step says which path it took (model(idx) or model(idx, targets))."""
     cov = Coverage()
     t.model.train()
-    _user_call(t, "model(idx)", lambda: record(cov, train_loss, t.model, t.idx))
+    step = TrainStep.of(t.model)
+    what = "model(idx)" if step.targets is None else f"model(idx, {step.targets})"
+    _, train_path = _user_call(t, what, lambda: record(cov, step.run, t.model, t.idx))
     if t.decode_step is not None:
         t.model.eval()
         with torch.no_grad():
             for pos in range(COVERAGE_DECODE_POSITIONS):
                 _user_call(t, "decode_step(model, token, position)",
                            lambda: record(cov, t.decode_step, t.model, *decode_inputs(t, pos)))
-    return cov
+    return cov, train_path
 
 
 def _user_call(t: Target, what: str, fn: Callable[[], Any]) -> Any:
@@ -95,37 +98,6 @@ def _user_call(t: Target, what: str, fn: Callable[[], Any]) -> Any:
         raise
     except Exception as e:  # noqa: BLE001 - the model is user code: its errors are the user's input errors
         raise user_error(t.path, what, e) from None
-
-
-def _compiled_checks(t: Target, steps: int) -> list[CheckResult]:
-    t0 = time.perf_counter()
-    try:
-        checks = check_train(t, steps)
-    except Exception as e:  # noqa: BLE001 - a failure to compile is a finding, not a crash
-        checks = [_failed(f"train step compilations in {steps} steps", e)]
-    checks[-1].seconds = time.perf_counter() - t0
-    checks.append(_guarded("other batch/seq shapes (info)", check_shapes, t))
-    if t.decode_step is not None:
-        checks.append(_guarded(f"decode compilations over {DECODE_POSITIONS} positions", check_decode, t))
-    return checks
-
-
-def _guarded(name: str, check: Callable[..., CheckResult], *args: Any) -> CheckResult:
-    t0 = time.perf_counter()
-    try:
-        result = check(*args)
-    except Exception as e:  # noqa: BLE001 - a failure to compile is a finding, not a crash
-        result = _failed(name, e)
-    result.seconds = time.perf_counter() - t0
-    return result
-
-
-def _failed(name: str, e: Exception) -> CheckResult:
-    """A check that raised: the compiled code failed where plain Python ran (the eager pass did)."""
-    frames = [(f.filename, f.lineno) for f in traceback.extract_tb(e.__traceback__)]
-    file, line = user_location(frames)
-    reason = f"{type(e).__name__}: {first_line(str(e))}"
-    return CheckResult(name, "error", False, reason, [Event("compile-error", reason, file, line)])
 
 
 def _loop_files(t: Target) -> set[str]:
@@ -189,12 +161,19 @@ def _kind(e: Event, code: str) -> str:
 
 
 def _by_attribute(static: list[Finding], e: Event) -> Finding | None:
+    """The state finding a failed guard is about: a grown cache, a Python counter or position, a
+    global, named in the guard (`self._modules['attn'].cache is None`, `...cache[0]' size
+    mismatch`) and in the finding's line or detail (a cache read through locals names its
+    attribute there). Dynamo blames such recompilations on neighbouring lines (the `if cache is
+    not None` test, the caller's `def forward`): they are that finding's evidence, not findings."""
     if e.kind != "recompilation":
         return None
-    for name in re.findall(r"'([^']+)'", e.reason):
-        attr = name.split(".")[-1].split("'")[-1].strip("[]")
+    guard = e.reason.split(" # ")[0]
+    names = set(re.findall(r"\.([A-Za-z_]\w*)", guard)) - GUARD_INTERNALS
+    names |= set(re.findall(r"G\['([A-Za-z_]\w*)'\]", guard))
+    for name in sorted(names):
         for f in static:
-            if f.hazard in ("cat-cache", "global-state") and re.search(rf"\b{re.escape(attr)}\b", f.code):
+            if f.hazard in STATE_HAZARDS and re.search(rf"\b{re.escape(name)}\b", f"{f.code} {f.detail}"):
                 return f
     return None
 

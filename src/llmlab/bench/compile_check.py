@@ -1,109 +1,62 @@
 """`llmlab compile-check CONFIG`: prove a model is torch.compile-clean.
 
-Three checks, each must pass (exit 1 otherwise):
-1. forward: `torch._dynamo.explain` finds zero graph breaks;
-2. train step: forward + backward compiled with fullgraph=True runs N steps (weights updated by SGD
-   between them) with exactly one compilation;
-3. decode: the KV-cached one-token step compiled with fullgraph=True runs N successive positions
+llmlab's own model from CONFIG goes through `llmlab audit`'s dynamic checks (llmlab.audit.dynamic:
+one owner, so a fix to a check is a fix to both commands), with this command's backend (inductor
+by default: the kernels are generated too) and dtype (autocast). Each must pass (exit 1 otherwise):
+1. forward: zero graph breaks (dynamo's graph-break log, from the train-step compilation);
+2. train step: forward + loss + backward compiled once, N steps (weights updated by SGD between
+   them) with exactly one compilation;
+3. decode: the KV-cached one-token step (llmlab.infer.decode_step) over N successive positions
    with exactly one compilation.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
+from pathlib import Path
 from typing import Any
 
 import torch
-import torch._dynamo
-from torch._dynamo.testing import CompileCounterWithBackend
 
+from llmlab.audit.dynamic import quiet, run_checks
+from llmlab.audit.target import Target
 from llmlab.bench.common import emit_json, print_table
 from llmlab.config import PRECISIONS, ModelConfig, load_model_config, to_dict
 from llmlab.device import torch_dtype
 from llmlab.errors import ConfigError
-from llmlab.infer.generate import decode_step, prefill
+from llmlab.infer.generate import decode_step
 from llmlab.model import GPT
 from llmlab.model.moe import check_compilable
 
 
-def _autocast(device: str, dtype: torch.dtype) -> contextlib.AbstractContextManager:
-    if dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+def gpt_target(cfg: ModelConfig, *, batch_size: int, seq_len: int, decode_steps: int, device: str) -> Target:
+    """llmlab's GPT as the audit's target: (model, idx, decode_step), the KV cache set up for
+    decode_steps positions. Seeded: the same config gives the same model and batch."""
+    def make() -> tuple[GPT, torch.Tensor, Any]:
+        torch.manual_seed(0)
+        model = GPT(cfg).to(device)
+        model.setup_kv_cache(batch_size, decode_steps)
+        return model, torch.randint(0, cfg.vocab_size, (batch_size, seq_len), device=device), decode_step
 
-
-def check_forward(model: GPT, idx: torch.Tensor, dtype: torch.dtype) -> dict[str, Any]:
-    torch._dynamo.reset()
-    with _autocast(idx.device.type, dtype):
-        explain = torch._dynamo.explain(lambda i: model(i).logits.sum())(idx)
-    return {"check": "forward graph breaks", "value": explain.graph_break_count,
-            "ok": explain.graph_break_count == 0,
-            "detail": "; ".join(str(r.reason) for r in explain.break_reasons)[:300]}
-
-
-def check_train_steps(model: GPT, idx: torch.Tensor, steps: int, backend: str, dtype: torch.dtype) -> dict[str, Any]:
-    torch._dynamo.reset()
-    counter = CompileCounterWithBackend(backend)
-    compiled = torch.compile(model, fullgraph=True, backend=counter)
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-    model.train()
-    for _ in range(steps):
-        with _autocast(idx.device.type, dtype):
-            out = compiled(idx)
-            loss = torch.nn.functional.cross_entropy(out.logits.flatten(0, 1).float(), idx.flatten()) + out.aux_loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    model.eval()
-    return {"check": f"train step compilations in {steps} steps", "value": counter.frame_count,
-            "ok": counter.frame_count == 1, "detail": ""}
-
-
-@torch.no_grad()
-def check_decode(model: GPT, prompt: torch.Tensor, steps: int, backend: str, dtype: torch.dtype) -> dict[str, Any]:
-    torch._dynamo.reset()
-    counter = CompileCounterWithBackend(backend)
-    step = torch.compile(decode_step, fullgraph=True, dynamic=False, backend=counter)
-    B, T = prompt.shape
-    model.setup_kv_cache(B, T + steps)
-    try:
-        with _autocast(prompt.device.type, dtype):
-            token = prefill(model, prompt).argmax(-1, keepdim=True)
-            for pos in range(T, T + steps):
-                token = step(model, token, torch.tensor([pos], device=prompt.device)).argmax(-1, keepdim=True)
-    finally:
-        model.clear_kv_cache()
-    return {"check": f"decode compilations in {steps} positions", "value": counter.frame_count,
-            "ok": counter.frame_count == 1, "detail": ""}
+    model, idx, step = make()
+    return Target(Path("<config>"), "GPT", model, idx, step, make)
 
 
 def compile_check(cfg: ModelConfig, *, steps: int = 4, decode_steps: int = 32, batch_size: int = 2,
                   seq_len: int = 64, backend: str = "inductor", dtype: str = "fp32",
                   device: str = "cpu") -> dict[str, Any]:
+    """{"ok": every row passed, "rows": [forward graph breaks, train step, decode]} (audit rows)."""
     amp = torch_dtype(dtype)
-    check_compilable(cfg.moe, compile=True, dtype=amp)  # a dispatch that cannot compile: exit 2, one line
-    prompt_len = max(1, min(8, cfg.max_seq_len - decode_steps))
-    if seq_len > cfg.max_seq_len or prompt_len + decode_steps > cfg.max_seq_len:
-        raise ConfigError(f"seq_len ({seq_len}) and 8 + decode steps ({decode_steps}) must fit "
-                         f"model.max_seq_len ({cfg.max_seq_len})")
-    torch.manual_seed(0)
-    model = GPT(cfg).to(device).eval()
-    idx = torch.randint(0, cfg.vocab_size, (batch_size, seq_len), device=device)
-    rows = [
-        _guarded("forward graph breaks", check_forward, model, idx, amp),
-        _guarded("train step compilations", check_train_steps, model, idx, steps, backend, amp),
-        _guarded("decode compilations", check_decode, model, idx[:, :prompt_len], decode_steps, backend, amp),
-    ]
+    check_compilable(cfg.moe, compile=True, dtype=amp, device=device)  # a dispatch that cannot compile: exit 2, one line
+    if seq_len > cfg.max_seq_len or decode_steps > cfg.max_seq_len:
+        raise ConfigError(f"seq_len ({seq_len}) and decode steps ({decode_steps}) must fit "
+                          f"model.max_seq_len ({cfg.max_seq_len})")
+    target = gpt_target(cfg, batch_size=batch_size, seq_len=seq_len, decode_steps=decode_steps, device=device)
+    with quiet():
+        checks = run_checks(target, steps, positions=decode_steps, shapes=False, backend=backend,
+                            dtype=None if amp == torch.float32 else amp)
+    rows = [c.to_dict() for c in checks]
     return {"ok": all(r["ok"] for r in rows), "rows": rows}
-
-
-def _guarded(name: str, check: Any, *args: Any) -> dict[str, Any]:
-    """A check that raises (fullgraph=True turns a graph break into an exception) has failed."""
-    try:
-        return check(*args)
-    except Exception as e:  # noqa: BLE001 - any failure to compile is the finding we report
-        return {"check": name, "value": "error", "ok": False, "detail": f"{type(e).__name__}: {e}"[:300]}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

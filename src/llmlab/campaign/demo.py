@@ -1,8 +1,8 @@
 """`llmlab demo` / `make demo`: the whole path in a few minutes on a laptop CPU.
 
-Prepare the embedded pydocs corpus (byte tokenizer), train tiny base / base+GQA / base+GQA+MoE on
-the same tokens (equal active non-embedding parameters, equal budget) and the GQA ablation (fewer
-KV heads alone), sweep decode speed with and without the KV cache, and print the report (also
+Prepare the embedded pydocs corpus (byte tokenizer), train tiny base / base+GQA / base+GQA (wider
+FFN) / base+GQA+MoE on the same tokens (equal active non-embedding parameters, equal budget) and
+the GQA ablation (fewer KV heads alone), sweep decode speed with and without the KV cache, and print the report (also
 written to runs/demo/report.md).
 """
 
@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from llmlab.campaign.plan import load_campaign
-from llmlab.campaign.report import write_report
-from llmlab.campaign.run import run_campaign
+from llmlab.campaign.run import run_and_report
 
 DEMO_CAMPAIGN = Path(__file__).resolve().parents[3] / "configs" / "campaigns" / "demo.toml"
 
@@ -24,7 +23,6 @@ def run_demo(out_dir: str | Path = "runs/demo", campaign_path: str | Path | None
     path = Path(campaign_path) if campaign_path else DEMO_CAMPAIGN
     campaign = load_campaign(path, list(overrides))
     t0 = time.perf_counter()
-    run_campaign(campaign, out_dir, retrain=retrain, remeasure=remeasure)
-    report = write_report(out_dir)
+    report = run_and_report(campaign, out_dir, retrain=retrain, remeasure=remeasure)
     report["seconds"] = time.perf_counter() - t0
     return report

@@ -6,6 +6,7 @@ None without matplotlib: the report then has tables only and says so.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import numpy as np
 from llmlab.campaign.aggregate import by_seed, routing_over_training
 from llmlab.campaign.records import VariantRecord, infer
 from llmlab.campaign.schedule import lr_points
-from llmlab.runs import read_metrics
+from llmlab.runs import read_metrics, write_bytes_atomic
 
 
 def pyplot() -> Any:
@@ -29,12 +30,16 @@ def pyplot() -> Any:
 
 
 def _save(fig: Any, path: Path) -> str:
-    plt = pyplot()
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    return _write_png(fig, path)
+
+
+def _write_png(fig: Any, path: Path) -> str:
+    """Render in memory, then write atomically: a kill leaves the previous PNG or the new one."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    pyplot().close(fig)
+    write_bytes_atomic(path, buffer.getvalue())
     return path.name
 
 
@@ -197,11 +202,7 @@ def moe_load(name: str, run_dir: Path, path: Path) -> str | None:
     axes[-1, 0].set_xlabel("step")
     fig.colorbar(image, ax=axes[:, 0].tolist(), label="load / uniform share")
     fig.suptitle(f"{name}: expert load over training (1.0 = balanced)", fontsize=9)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path.name
+    return _write_png(fig, path)
 
 
 def moe_routing(name: str, run_dir: Path, saturation: list[tuple[int, float]], path: Path) -> str | None:

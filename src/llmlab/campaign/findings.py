@@ -4,7 +4,10 @@ hand-written -- with the measured effect, its uncertainty and the verdict, which
 Which variant tests which hypothesis is read from the configs, not from names:
 - GQA with more query heads: a dense variant with fewer KV heads and more query heads than the
   baseline;
-- the ablation: fewer KV heads at the baseline's query heads;
+- GQA with a wider FFN (Llama 2's way of spending the saved parameters): fewer KV heads at the
+  baseline's query heads and a wider d_ff; compared with the baseline, and with the query-heads
+  arm when there is one ("where GQA's parameters went");
+- the ablation: fewer KV heads at the baseline's query heads and d_ff;
 - GQA + MoE: a variant with experts (compared with the baseline, and with the GQA variant when
   there is one: "further");
 - the KV cache: every variant's decode sweep; GQA's memory: the memory table.
@@ -33,7 +36,7 @@ def _model(record: VariantRecord) -> dict[str, Any]:
 
 
 def roles(records: list[VariantRecord]) -> dict[str, VariantRecord]:
-    """{"gqa", "kv_only", "moe"} -> the variant that tests each, from the configs."""
+    """{"gqa", "gqa_wideffn", "kv_only", "moe"} -> the variant that tests each, from the configs."""
     base = _model(records[0])
     out: dict[str, VariantRecord] = {}
     for record in records[1:]:
@@ -45,16 +48,21 @@ def roles(records: list[VariantRecord]) -> dict[str, VariantRecord]:
             out.setdefault("moe", record)
         elif fewer_kv and m.get("n_heads", 0) > base.get("n_heads", 0):
             out.setdefault("gqa", record)
+        elif fewer_kv and m.get("n_heads") == base.get("n_heads") and m.get("d_ff", 0) > base.get("d_ff", 0):
+            out.setdefault("gqa_wideffn", record)
         elif fewer_kv and m.get("n_heads") == base.get("n_heads"):
             out.setdefault("kv_only", record)
     return out
 
 
-# (role of the variant, role of the one it is compared with (None: the baseline), the claim)
-LOSS_HYPOTHESES = (("gqa", None, "GQA with more query heads lowers test loss"),
-                   ("kv_only", None, "Fewer KV heads alone (ablation, fewer parameters) lowers test loss"),
-                   ("moe", None, "GQA + MoE lowers test loss"),
-                   ("moe", "gqa", "GQA + MoE lowers test loss further than GQA"))
+# (role of the variant, role of the one it is compared with (None: the baseline), the claim,
+# whether Findings state it even when the campaign cannot test it), in the order Findings give them
+LOSS_HYPOTHESES = (("gqa", None, "GQA with more query heads lowers test loss", True),
+                   ("gqa_wideffn", None, "GQA with the saved parameters in a wider FFN lowers test loss", False),
+                   ("gqa", "gqa_wideffn", "GQA's saved parameters do better in query heads than in the FFN", False),
+                   ("kv_only", None, "Fewer KV heads alone (ablation, fewer parameters) lowers test loss", True),
+                   ("moe", None, "GQA + MoE lowers test loss", True),
+                   ("moe", "gqa", "GQA + MoE lowers test loss further than GQA", False))
 
 
 def loss_hypotheses(records: list[VariantRecord], alpha: float = 0.05) -> list[dict[str, Any]]:
@@ -63,7 +71,7 @@ def loss_hypotheses(records: list[VariantRecord], alpha: float = 0.05) -> list[d
     noise, or None where per-window losses were not recorded)."""
     role = roles(records)
     rows = []
-    for key, against, title in LOSS_HYPOTHESES:
+    for key, against, title, _ in LOSS_HYPOTHESES:
         if key not in role or (against is not None and against not in role):
             continue
         other = records[0].name if against is None else role[against].name
@@ -165,10 +173,10 @@ def findings(records: list[VariantRecord], memory: list[dict[str, Any]],
              f"Generated from the records above (paired by seed; 95 % intervals: paired t, scipy). The {len(rows)} loss "
              "hypotheses are one family: verdicts use Holm-adjusted p-values (supported = adjusted p < 0.05 with the "
              "difference below 0, contradicted = above 0, otherwise not resolved at this budget).", ""]
-    for key, against, title in LOSS_HYPOTHESES:
+    for key, against, title, always in LOSS_HYPOTHESES:
         if key == "moe" and against is None:
             lines.append(memory_finding(memory, role.get("gqa") or role.get("kv_only")))
-        if against is None or (key in role and against in role):
+        if always or (key in role and (against is None or against in role)):
             lines.append(loss_finding(title, by_title.get(title)))
     lines += [cache_finding(records), noise_finding(records), flagged_finding(records)]
     return "\n".join(lines) + "\n"

@@ -76,8 +76,8 @@ def differences(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any
 
 def _mismatch(name: str, run_dir: Path, new: dict[str, Any]) -> str | None:
     """Why run_dir's record does not match `new` (None when it does, or holds nothing yet)."""
-    if not run_dir.is_dir() or not any(run_dir.iterdir()):
-        return None
+    if not run_dir.is_dir() or all(p.suffix == ".tmp" for p in run_dir.iterdir()):
+        return None  # nothing yet, or the first write cut by a kill (fingerprint.json.tmp)
     path = run_dir / FINGERPRINT_FILE
     if not path.is_file():
         return f"{run_dir} holds a run without {FINGERPRINT_FILE}: it cannot be shown to match variant {name!r}"

@@ -196,6 +196,8 @@ def load_campaign(path: str | Path, overrides: list[str] = ()) -> Campaign:
         ablation = spec.get("ablation", False)
         if not isinstance(ablation, bool):
             raise ConfigError(f"{path}: variant {name!r}: ablation must be true or false; got {ablation!r}")
+        if not ablation:
+            check_dropping(name, cfg, explicit=_sets_capacity_factor([shared, own], overrides))
         campaign.variants.append(Variant(name, cfg, count(cfg.model, seq_len=cfg.train.seq_len), ablation))
     if campaign.variants[0].ablation:
         raise ConfigError(f"{path}: the first variant is the baseline and cannot be an ablation")
@@ -239,6 +241,63 @@ def _variant_tables(path: Path, spec: dict[str, Any]) -> tuple[dict[str, Any], d
     for inc in [includes] if isinstance(includes, str) else includes:
         base = deep_merge(base, read_toml(path.parent / inc))
     return base, {k: spec[k] for k in ("model", "data", "train") if k in spec}
+
+
+CAPACITY_KEY = "model.moe.capacity_factor"
+
+
+def _sets_capacity_factor(tables: list[dict[str, Any]], overrides: list[str]) -> bool:
+    """Whether the campaign itself (its shared tables, the variant's own, or --set) names
+    model.moe.capacity_factor, as opposed to inheriting it from an included model file."""
+    return (any(CAPACITY_KEY in flatten(t) for t in tables)
+            or any(o.split("=", 1)[0].strip() == CAPACITY_KEY for o in overrides))
+
+
+def drops_tokens(cfg: RunConfig) -> bool:
+    """A capacity dispatch with a factor: assignments beyond an expert's capacity are dropped."""
+    moe = cfg.model.moe
+    return moe is not None and moe.dispatch == "capacity" and moe.capacity_factor is not None
+
+
+def check_dropping(name: str, cfg: RunConfig, explicit: bool) -> None:
+    """DESIGN.md 9, "the same arm is the same experiment on every device": a compared MoE arm is
+    dropless unless the campaign chooses dropping itself, by setting capacity_factor in its own
+    tables (an included model file's factor is not a choice made for this comparison)."""
+    if drops_tokens(cfg) and not explicit:
+        raise ConfigError(
+            f"variant {name!r}: model.moe.dispatch = 'capacity' with capacity_factor "
+            f"{cfg.model.moe.capacity_factor:g} (from an included file) drops the tokens that overflow an "
+            "expert, so it is not the dropless arm it is compared as: use dispatch = \"grouped\" (dropless), "
+            f"or accept dropping by setting capacity_factor in that arm's [variant.model.moe] table of the campaign")
+
+
+def dispatch_text(cfg: RunConfig) -> str:
+    """How an arm's MoE dispatches, for the plan and the report: '-' for a dense arm."""
+    moe = cfg.model.moe
+    if moe is None:
+        return "-"
+    if moe.dispatch == "capacity":
+        return (f"capacity, factor {moe.capacity_factor:g} (drops overflow)" if moe.capacity_factor is not None
+                else "capacity, no factor (dropless)")
+    return f"{moe.dispatch} (dropless)"
+
+
+FLOPS_GAP = 0.02
+"""Arms compared at equal parameters whose FLOPs per token differ by more than this are named:
+the comparison is then also one of compute (DESIGN.md 9: FLOPs are reported beside parameters)."""
+
+
+def flops_gaps(arms: list[tuple[str, int, bool]]) -> list[str]:
+    """One sentence per arm whose FLOPs per token differ from the first (the baseline) by more
+    than FLOPS_GAP. arms: (name, FLOPs per token, ablation)."""
+    (base, base_flops, _), out = arms[0], []
+    for name, flops, ablation in arms[1:]:
+        gap = flops / base_flops - 1
+        if abs(gap) > FLOPS_GAP:
+            out.append(f"{name}{' (ablation)' if ablation else ''} does {gap:+.1%} FLOPs per token against {base} "
+                       f"({flops:,} vs {base_flops:,}): more than {FLOPS_GAP:.0%}, so it differs in compute as well "
+                       "as in architecture")
+    return out
 
 
 def recipe_diffs(ref: RunConfig, cfg: RunConfig) -> list[tuple[str, Any, Any]]:
@@ -300,6 +359,7 @@ def plan_rows(campaign: Campaign) -> list[dict[str, Any]]:
             "differs": ", ".join(f"{k}={new!r}" for k, _, new in diffs) or None,
             "heads": f"{m.n_heads}/{m.n_kv_heads}",
             "moe": f"{m.moe.n_experts}x top-{m.moe.top_k}" if m.moe else "-",
+            "dispatch": dispatch_text(v.config),
             "total": v.params["total"],
             "active_non_embedding": v.params["active_non_embedding"],
             "vs_first": v.params["active_non_embedding"] / ref["active_non_embedding"],

@@ -18,10 +18,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from llmlab.campaign import aggregate, figures
+from llmlab.campaign import aggregate, figures, watch
 from llmlab.campaign.findings import findings, loss_hypotheses
 from llmlab.campaign.integrity import run_dirname
 from llmlab.campaign.memory import MEMORY_COLUMNS, describe_budget, memory_budget, memory_table
+from llmlab.campaign.plan import FLOPS_GAP, flops_gaps
 from llmlab.campaign.records import VariantRecord, all_run_dirs, load_records, provenance
 from llmlab.campaign.records import infer as infer_record, result as result_record
 from llmlab.campaign.schedule import CLIFF, choice_flags, lr_points
@@ -39,7 +40,7 @@ TABLES: list[tuple[str, list[Column]]] = [  # one markdown table each: a wide on
     ]),
     ("Speed", [
         ("variant", "variant", ""), ("kv_bytes_per_token", "KV B/token (bf16)", ",d"),
-        ("train_tokens_per_s", "train tok/s", ",.0f"),
+        ("flops_per_token", "train FLOPs/token", ",d"), ("train_tokens_per_s", "train tok/s", ",.0f"),
         ("decode_tokens_per_s_cache", "decode tok/s (cache)", ",.1f"),
         ("decode_tokens_per_s_no_cache", "decode tok/s (no cache)", ",.1f"),
         ("kv_cache_speedup", "cache speedup", ".2f"),
@@ -95,6 +96,7 @@ def variant_row(name: str, run_dir: Path) -> dict[str, Any]:
         "active_non_embedding": params.get("active_non_embedding"),
         "total": params.get("total"),
         "kv_bytes_per_token": params.get("kv_cache_bytes_per_token"),
+        "flops_per_token": params.get("flops_per_token"),
         "val_loss": result.get("val_loss"),
         "test_loss": result.get("test_loss"),
         "test_ppl": result.get("test_ppl"),
@@ -303,6 +305,64 @@ def moe_section(records: list[VariantRecord], directory: Path) -> tuple[str, lis
     return text, images
 
 
+OVERFIT_COLUMNS: list[Column] = [
+    ("variant", "variant", ""), ("epochs", "epochs", ".2f"), ("last_val_losses", "last val losses (flagged seed, else first)", ""),
+    ("flagged", "val loss rose at the end", ""),
+]
+DISPATCH_COLUMNS: list[Column] = [
+    ("variant", "variant", ""), ("dispatch", "dispatch", ""), ("dropped_last", "dropped (last step)", ".2%"),
+    ("dropped_max", "dropped (max over training)", ".2%"),
+]
+
+
+def evaluation_note(records: list[VariantRecord]) -> str:
+    """The windows behind the loss figures: the stride each split was evaluated at."""
+    strides = watch.eval_strides(records)
+
+    def text(split: str) -> str:
+        values = sorted(strides[split], key=lambda v: (v is None, v))
+        return " / ".join("not recorded" if v is None else f"{v:,}" for v in values)
+    return (f"- Evaluation: windows of seq_len at stride {text('test')} on test (the whole split) and {text('val')}"
+            " on validation (its first train.eval_windows windows); a stride below seq_len is the sliding-window"
+            " evaluation of the published WikiText figures (each window scores only its last stride tokens,"
+            " every token once).\n")
+
+
+def compute_section(rows: list[dict[str, Any]]) -> str:
+    """FLOPs per token beside parameters: which arms differ from the baseline by more than FLOPS_GAP."""
+    arms = [(r["variant"], r["flops_per_token"], r.get("kind") == "ablation") for r in rows if r.get("flops_per_token")]
+    if len(arms) < 2 or len(arms) != len(rows):
+        return ""
+    gaps = flops_gaps(arms)
+    body = "".join(f"- {g}.\n" for g in gaps) or f"- Every arm is within {FLOPS_GAP:.0%} of {arms[0][0]}'s FLOPs per token.\n"
+    return ("## Compute per token\n\nTraining FLOPs per token (6 N_active + attention, model/accounting.py; Speed"
+            f" table) against the baseline; a gap above {FLOPS_GAP:.0%} is named, since an equal-parameter comparison"
+            f" is then not an equal-compute one.\n\n{body}")
+
+
+def overfit_section(records: list[VariantRecord]) -> str:
+    rows = watch.overfit_rows(records)
+    if not any(r["epochs"] is not None for r in rows):
+        return ""
+    flagged = [r["variant"] for r in rows if r["flagged"].startswith("seed")]
+    verdict = (f"Flagged: {', '.join(flagged)} -- its validation loss was rising when training ended: the budget"
+               " repeats the data more than this arm can use (dropout, `llmlab plan` recommends one, or fewer"
+               " epochs)." if flagged else "No arm flagged.")
+    return (f"## Over-fitting watch\n\nRule: {watch.OVERFIT_RULE}. {verdict}\n\n{markdown(rows, OVERFIT_COLUMNS)}")
+
+
+def dispatch_section(records: list[VariantRecord]) -> str:
+    """Each MoE arm's dispatch, and the tokens it dropped (a dropless dispatch drops none)."""
+    rows = watch.dispatch_rows(records)
+    if not rows:
+        return ""
+    dropping = [r["variant"] for r in rows if r["capacity_factor"] is not None]
+    note = (f"{', '.join(dropping)} dropped the assignments that overflowed an expert's capacity (chosen"
+            " explicitly in the campaign): its loss is that of a model which skips those tokens' expert pass."
+            if dropping else "Every MoE arm ran dropless: no assignment was dropped.")
+    return f"## MoE dispatch\n\n{note}\n\n{markdown(rows, DISPATCH_COLUMNS)}"
+
+
 def record_section(records: list[VariantRecord]) -> str:
     """## Record: date, machine, code version and wall time of the runs behind the report."""
     p = provenance(all_run_dirs(records))
@@ -327,7 +387,7 @@ def report_markdown(directory: Path, records: list[VariantRecord], rows: list[di
     if any(r.get("kind") == "ablation" for r in rows):
         parts.append("Variants of kind *ablation* isolate one change; they are exempt from the parameter"
                      " match and are not iso-parameter comparisons.\n")
-    parts.append(method_section(campaign))
+    parts.append(method_section(campaign) + evaluation_note(records))
     for title, columns in TABLES:
         if any(r.get(k) is not None for r in rows for k, _, _ in columns[1:]):
             parts.append(f"## {title}\n\n{SECTION_NOTES.get(title, '')}{markdown(rows, columns)}")
@@ -339,12 +399,13 @@ def report_markdown(directory: Path, records: list[VariantRecord], rows: list[di
             parts.append(hypotheses_section(hypotheses))
             parts.append(flagged_section(records))
             parts.append(sweep_section(records, plots.get("lr_sweep")))
+    parts += [compute_section(rows), overfit_section(records)]
     stability = aggregate.stability_rows(records)
     unfinished = "".join(f"- {r.name}, seed {seed}: {status} (left out of the means and the pairing)\n"
                          for r in records for seed, status in sorted(r.failed.items()))
     parts.append(f"## Stability\n\nEvery finished run; the rule is in Method.\n\n{markdown(stability, STABILITY_COLUMNS)}"
                  + (f"\nRuns that did not finish:\n\n{unfinished}" if unfinished else ""))
-    parts.append(moe_text)
+    parts += [dispatch_section(records), moe_text]
     parts.append(f"## Memory\n\n{memory[1]}{_image(plots.get('memory'))}")
     sweep = [row for r in records for row in sweep_rows(r.name, r.first)]
     if sweep:
@@ -383,8 +444,10 @@ def write_report(directory: str | Path, memory_gb: float | None = None) -> dict[
     plots = draw(directory, records, memory[0])
     moe_text, moe_images = moe_section(records, directory)
     md = report_markdown(directory, records, rows, campaign, memory, plots, moe_text)
-    write_bytes_atomic(directory / "report.md", md.encode())
+    # Each file is written atomically, report.md (which names the others) last: a kill leaves the
+    # previous report.md or the new one, whole.
     write_bytes_atomic(directory / "report.csv", to_csv(rows).encode())
+    write_bytes_atomic(directory / "report.md", md.encode())
     pngs = [p for p in plots.values() if p] + moe_images
     files = [str(directory / "report.md"), str(directory / "report.csv")] + [str(directory / p) for p in pngs]
     return {"rows": rows, "markdown": md, "files": files}

@@ -7,6 +7,12 @@ them, with each variant's sweep points and chosen LR; the report reads only thos
 Nothing is silently reused: a variant whose record was made under another config is refused
 (integrity.py); a finished infer.json is kept only while its measurement spec is unchanged, and
 `remeasure=True` (--remeasure) times it again.
+
+A campaign killed at any moment (SIGKILL, a pre-empted machine) and run again ends with the
+records an uninterrupted one would have left, but for wall-clock figures and the runs' start and
+resume events (tests/campaign/test_soak.py): runs resume from their checkpoints, every file is
+written atomically (infer.json only once its measurement is complete: a kill mid-sweep measures
+again), and one process at a time works in a folder (`run_and_report` holds its lock).
 """
 
 from __future__ import annotations
@@ -19,12 +25,29 @@ import torch
 
 from llmlab.campaign import integrity, schedule
 from llmlab.campaign.plan import Campaign, GenerateSpec, Variant
+from llmlab.campaign.report import write_report
 from llmlab.device import resolve_device, resolve_dtype
 from llmlab.infer.generate import generate
 from llmlab.infer.measure import measure_decode
 from llmlab.runs import load_for_inference, read_json, read_metrics, write_json
 from llmlab.train import train
+from llmlab.train.lock import RunLock
 from llmlab.train.loop import TrainingDiverged
+
+BUSY_HINT = ": another llmlab campaign is working there; wait for it to end (or stop it), then run again"
+
+
+def run_and_report(campaign: Campaign, out_dir: str | Path, *, retrain: list[str] = (), remeasure: bool = False,
+                   memory_gb: float | None = None) -> dict[str, Any]:
+    """`llmlab campaign`: run_campaign, then write_report (its return value), holding the folder's
+    lock throughout. A second process on the same folder raises RunDirBusy at once, naming the
+    first's pid, before it writes or deletes anything; a killed holder's lock is free at once."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with RunLock(out, what="campaign folder", hint=BUSY_HINT):
+        run_campaign(campaign, out, retrain=retrain, remeasure=remeasure)
+        print(f"\n== report: {out}/report.md, report.csv and the figures", flush=True)
+        return write_report(out, memory_gb=memory_gb)
 
 
 def run_campaign(campaign: Campaign, out_dir: str | Path, *, retrain: list[str] = (),

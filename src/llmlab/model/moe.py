@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 from typing import Callable, NamedTuple
 
 import torch
@@ -421,7 +420,7 @@ def dispatch_advice(cfg: MoEConfig | None, device: torch.device | str, *, compil
     if cfg.dispatch == "capacity" and cfg.capacity_factor is None:
         return (f"MoE dispatch 'capacity' without capacity_factor: dropless, but each expert computes all "
                 f"N token slots, {cfg.n_experts / cfg.top_k:.1f}x the top-k expert work; use 'grouped' "
-                "(dropless, top-k work) where it is fast (CPU, sm90+ GPUs), or set a capacity_factor")
+                "(dropless, top-k work, on every device), or set a capacity_factor")
     if cfg.dispatch == "capacity":
         cf = cfg.capacity_factor
         return (f"MoE dispatch 'capacity' (factor {cf:g}): fixed (E, C, d) buffers + bmm, {cf:g}x the top-k "

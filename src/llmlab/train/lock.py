@@ -1,7 +1,8 @@
-"""One process per run directory: an advisory `flock` on `run_dir/.lock`.
+"""One process per run directory (and per campaign folder): an advisory `flock` on `DIR/.lock`.
 
 The kernel drops the lock when its holder dies (even by SIGKILL), so a crashed run never leaves
-a stale lock behind; the pid written in the file only serves the error message.
+a stale lock behind: the file stays, naming a dead pid, and the next process takes it at once.
+The pid written in the file only serves the error message.
 """
 
 from __future__ import annotations
@@ -21,10 +22,13 @@ class RunDirBusy(LLMLabError):
 
 
 class RunLock:
-    """`with RunLock(run_dir):` -- raises RunDirBusy at once when another process holds it."""
+    """`with RunLock(run_dir):` -- raises RunDirBusy at once when another process holds it.
+    `what` names the folder in that message ("campaign folder" for `llmlab campaign`), `hint`
+    ends it with what to do."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, what: str = "run directory", hint: str = "") -> None:
         self.path = Path(run_dir) / LOCK_FILE
+        self.what, self.hint = what, hint
         self._fd: int | None = None
 
     def acquire(self) -> None:
@@ -35,7 +39,7 @@ class RunLock:
         except BlockingIOError:
             holder = os.pread(fd, 256, 0).decode(errors="replace").strip() or "unknown process"
             os.close(fd)
-            raise RunDirBusy(f"run directory {self.path.parent} is in use by {holder}") from None
+            raise RunDirBusy(f"{self.what} {self.path.parent} is in use by {holder}{self.hint}") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
         self._fd = fd

@@ -181,7 +181,7 @@ def _session(run: Run, stop: StopRequest) -> TrainOutcome:
         # be replayed: drop them, so metrics.jsonl reads as one uninterrupted run; likewise the
         # routing records, whose last one router saturation takes as the final decision.
         saved = state["step"] if state is not None else -1
-        truncate_after(run.run_dir, saved)
+        truncate_after(run.run_dir, saved, state.get("metrics_rows") if state is not None else None)
         truncate_routing(run.run_dir, saved)
         run.writer = MetricsWriter(run.run_dir)
     try:
@@ -250,7 +250,7 @@ def _save(run: Run) -> None:
             "step": run.step, "tokens": run.tokens, "model": model_sd, "optimizer": optim_sd,
             "loaders": loaders, "rng": rngs, "config": run.cfg.to_dict(),
             "identity": identity(run.cfg.to_dict(), run.meta, run.info.world_size),
-            "timed": _timed(run), "series": run.series.state_dict(),
+            "timed": _timed(run), "metrics_rows": run.writer.rows, "series": run.series.state_dict(),
         }
         checkpoint.save(run.run_dir, run.step, state, keep=run.cfg.train.keep_checkpoints)
     distributed.barrier()

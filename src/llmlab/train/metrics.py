@@ -20,6 +20,10 @@ import torch
 
 from llmlab.runs import METRICS_FILE, read_metrics, write_bytes_atomic
 
+WALL_CLOCK_FIELDS = ("time", "tokens_per_s", "mfu", "mem_mb", "first_step_s")
+"""Fields of a metrics row that depend on the moment and the process, not on the run: a run
+killed and resumed logs the same rows as an uninterrupted one but for these (and its events)."""
+
 # Dense bf16 tensor-core peak FLOP/s by GPU name (vendor data sheets, without sparsity). MFU is
 # model FLOPs per second over this peak (PaLM, Chowdhery et al. 2022, appendix B). Longest match wins.
 PEAK_BF16_FLOPS = {
@@ -130,16 +134,19 @@ class StepSeries:
 
 
 class MetricsWriter:
-    """Appends rows to run_dir/metrics.jsonl (flushed each row) and, when installed, TensorBoard."""
+    """Appends rows to run_dir/metrics.jsonl (flushed each row) and, when installed, TensorBoard.
+    `rows` counts the file's rows, so that a checkpoint can record where its part of the log ends."""
 
     def __init__(self, run_dir: Path, tensorboard: bool = True) -> None:
         self.path = Path(run_dir) / METRICS_FILE
+        self.rows = len(read_metrics(run_dir))
         self._file = open(self.path, "a", encoding="utf-8")
         self._tb = _tensorboard(run_dir) if tensorboard else None
 
     def write(self, row: dict[str, Any]) -> None:
         self._file.write(json.dumps(row) + "\n")
         self._file.flush()
+        self.rows += 1
         if self._tb is not None and "step" in row:
             for key, value in row.items():
                 if isinstance(value, (int, float)) and key != "step":
@@ -159,13 +166,21 @@ def _tensorboard(run_dir: Path) -> Any:
     return SummaryWriter(log_dir=str(Path(run_dir) / "tb"))
 
 
-def truncate_after(run_dir: Path, step: int) -> None:
-    """Drop rows logged after `step` (a resumed run replays them) and a line cut by a kill, so
-    metrics.jsonl reads as one run."""
+def truncate_after(run_dir: Path, step: int, rows: int | None = None) -> None:
+    """Drop what a resumed run is about to replay, and a line cut by a kill, so that metrics.jsonl
+    reads as one run. `rows`: how many rows the log held when the checkpoint of `step` was saved
+    (None: a checkpoint of an earlier version, or none): those are kept, and of the later ones
+    only the events up to `step` (a resume, a stop), which say what happened. A row logged after
+    the checkpoint at its own step -- the final evaluation, done after the last checkpoint --
+    is dropped too, so a run killed before result.json does not log that evaluation twice."""
     path = Path(run_dir) / METRICS_FILE
     if not path.exists():
         return
-    keep = [row for row in read_metrics(run_dir) if row.get("step", 0) <= step]
+    logged = read_metrics(run_dir)
+    if rows is None:
+        keep = [row for row in logged if row.get("step", 0) <= step]
+    else:
+        keep = logged[:rows] + [row for row in logged[rows:] if "event" in row and row.get("step", 0) <= step]
     write_bytes_atomic(path, "".join(json.dumps(row) + "\n" for row in keep).encode())
 
 
