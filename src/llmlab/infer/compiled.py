@@ -42,7 +42,7 @@ from typing import Any
 import torch
 import torch._inductor.config
 
-from llmlab.infer.generate import DecodeFn, check_compile, decode_step
+from llmlab.infer.generate import DecodeFn, check_compile, decode_context, decode_step
 from llmlab.model import GPT
 from llmlab.model.kv_cache import KVCache
 from llmlab.model.moe import check_compilable
@@ -58,7 +58,7 @@ class CompiledStep:
     constants are copies); None when the graph reads the parameters themselves (CUDA)."""
 
 
-# model -> {(batch, cache length, device, dtype, mode): step}. Weak keys: a dropped model frees its
+# model -> {(batch, cache length, device, dtype, mode, threads): step}. Weak keys: a dropped model frees its
 # steps' KV caches (not, on CPU, inductor's frozen copy of its weights: see above). Device and dtype are in the key so that a model moved or cast after a first compile is
 # compiled (and timed) again, not recompiled silently inside the timed decode loop.
 _STEPS: "weakref.WeakKeyDictionary[GPT, dict[tuple, CompiledStep]]" = weakref.WeakKeyDictionary()
@@ -92,7 +92,9 @@ def compiled_decode_step(model: GPT, batch_size: int, cache_len: int, warm_pos: 
     mode = check_compile(mode) or "default"
     steps = _STEPS.setdefault(model, {})
     device, dtype = model.lm_head.weight.device, model.lm_head.weight.dtype
-    key = (batch_size, cache_len, str(device), dtype, mode)
+    # The thread count is in dynamo's global-state guard: a step compiled at one count and called at
+    # another would recompile silently (unfrozen); keyed on it, it is compiled again here, reported.
+    key = (batch_size, cache_len, str(device), dtype, mode, torch.get_num_threads())
     found = steps.get(key)
     if found is not None and found.weights in (None, weights_stamp(model)):
         model.install_kv_caches(found.caches)
@@ -107,7 +109,7 @@ def compiled_decode_step(model: GPT, batch_size: int, cache_len: int, warm_pos: 
     token = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
     pos = torch.tensor([warm_pos], device=device)
     t0 = time.perf_counter()
-    with torch.no_grad(), torch._inductor.config.patch(inductor):
+    with decode_context(), torch._inductor.config.patch(inductor):
         for _ in range(3 if device.type == "cuda" else 1):  # cudagraph trees: warm up, record, replay
             step(model, token, pos)
     if device.type == "cuda":
