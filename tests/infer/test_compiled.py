@@ -165,14 +165,42 @@ def test_compiled_step_is_one_graph_in_every_grad_context(first: str, monkeypatc
 
 def test_a_thread_count_change_compiles_a_step_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
     """Dynamo guards on the thread count: a step called at another count would recompile silently
-    (outside the freezing patch); keyed on it, the new count compiles here, reported in compile_s."""
+    (outside the freezing patch); keyed on it, the new count compiles here, reported in compile_s.
+    At 2 threads on a CPU the step is compiled at 2 and at 1 and the faster kept (its count recorded);
+    the decode loop runs at that count and the caller's count is back after."""
     backend = counting(monkeypatch)
     model = build("gqa")
     idx = torch.randint(0, 97, (1, 5))
     generate(model, idx, 8, compile=True)
     torch.set_num_threads(2)  # the autouse fixture puts 1 back
     _, times = generate_timed(model, idx, 8, compile=True)
-    assert times.compile_s is not None and backend.compiled == 2
+    assert times.compile_s is not None and backend.compiled == 3  # 1 thread; then 2 and 1 for the trial
+    assert times.decode_threads in (1, 2) and torch.get_num_threads() == 2
+    _, again = generate_timed(model, idx, 8, compile=True)
+    assert again.compile_s is None and again.decode_threads == times.decode_threads and backend.compiled == 3
     torch.set_num_threads(1)
+    calls = backend.calls
     _, times = generate_timed(model, idx, 8, compile=True)  # the 1-thread step is still there
-    assert times.compile_s is None and backend.compiled == 2 and backend.calls == 2 + 3 * 7
+    assert times.compile_s is None and backend.compiled == 3 and backend.calls == calls + 7
+
+
+def test_decode_threads_fixes_the_count_and_restores_the_callers(monkeypatch: pytest.MonkeyPatch) -> None:
+    backend = counting(monkeypatch)
+    model = build("gqa")
+    idx = torch.randint(0, 97, (1, 5))
+    seen = []
+    model.blocks[0].register_forward_pre_hook(  # eager calls only: traced away inside the compiled step
+        lambda m, a: None if torch.compiler.is_compiling() else seen.append(torch.get_num_threads()))
+    torch.set_num_threads(2)
+    _, times = generate_timed(model, idx, 6, compile=True, decode_threads=1)
+    assert backend.compiled == 1 and times.decode_threads == 1 and torch.get_num_threads() == 2
+    _, times = generate_timed(model, idx, 6, decode_threads=1)  # eager: prefill at 2, decode at 1
+    assert times.decode_threads == 1 and seen[-6:] == [2, 1, 1, 1, 1, 1] and torch.get_num_threads() == 2
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True])
+def test_decode_threads_must_be_a_positive_integer(bad: object) -> None:
+    from llmlab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="decode_threads must be an integer >= 1"):
+        generate(build("dense"), torch.zeros(1, 3, dtype=torch.long), 4, decode_threads=bad)
