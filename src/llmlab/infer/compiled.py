@@ -57,7 +57,7 @@ import time
 import types
 import warnings
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -85,14 +85,23 @@ class CompiledStep:
     threads: int
     """Intra-op threads the step was compiled at; the decode loop runs at this count."""
     thread_trial_ms: dict[int, float] | None = None
-    """Median ms per step at each thread count tried, when the count was chosen by timing."""
+    """Median ms per step at each thread count tried, when this call chose the count by timing."""
 
 
-# model -> {(batch, cache length, device, dtype, mode, caller's threads, decode_threads): step}. Weak
-# keys: a dropped model frees its steps' KV caches (not, on CPU, inductor's frozen copy of its
-# weights: see above). Device and dtype are in the key so that a model moved or cast after a first
-# compile is compiled (and timed) again, not recompiled silently inside the timed decode loop.
-_STEPS: "weakref.WeakKeyDictionary[GPT, dict[tuple, CompiledStep]]" = weakref.WeakKeyDictionary()
+@dataclass
+class ModelSteps:
+    """One model's compiled steps, keyed (batch, cache length, device, dtype, mode, threads), and
+    which thread count each (..., mode, caller's threads, decode_threads) decodes at. Device and dtype
+    are in the key so that a model moved or cast after a first compile is compiled (and timed)
+    again, not recompiled silently inside the timed decode loop."""
+
+    steps: dict[tuple, CompiledStep] = field(default_factory=dict)
+    chosen: dict[tuple, int] = field(default_factory=dict)
+
+
+# Weak keys: a dropped model frees its steps' KV caches (not, on CPU, inductor's frozen copy of its
+# weights: see above).
+_STEPS: "weakref.WeakKeyDictionary[GPT, ModelSteps]" = weakref.WeakKeyDictionary()
 
 
 def settings(device: torch.device, mode: str = "default") -> tuple[dict[str, Any], dict[str, Any]]:
@@ -139,29 +148,45 @@ def compiled_decode_step(model: GPT, batch_size: int, cache_len: int, warm_pos: 
     """
     mode = check_compile(mode) or "default"
     check_threads(decode_threads)
-    steps = _STEPS.setdefault(model, {})
     device, dtype = model.lm_head.weight.device, model.lm_head.weight.dtype
-    key = (batch_size, cache_len, str(device), dtype, mode, torch.get_num_threads(), decode_threads)
-    found = steps.get(key)
-    if found is not None and found.weights in (None, weights_stamp(model)):
+    base = (batch_size, cache_len, str(device), dtype, mode)
+    ask = base + (torch.get_num_threads(), decode_threads)
+    entry = forget_stale(model, base)
+    found = entry.steps.get(base + (entry.chosen.get(ask),))
+    if found is not None:
         model.install_kv_caches(found.caches)
-        return found, None
+        return replace(found, thread_trial_ms=None), None
     check_compilable(model.config.moe, compile=True, dtype=dtype, use="decode")  # one line, before any work
-    for old in [k for k in steps if k == key or k[:2] != key[:2]]:  # stale, or another shape: drop
-        del steps[old]  # (both modes of one shape stay: `bench infer` interleaves them)
     token = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
     pos = torch.tensor([warm_pos], device=device)
     t0 = time.perf_counter()
     tuned = autotune_tally()
-    built = [compile_at(model, batch_size, cache_len, mode, n, token, pos, verbose)
-             for n in thread_candidates(device, decode_threads)]
+    candidates = thread_candidates(device, decode_threads)
+    missing = [n for n in candidates if base + (n,) not in entry.steps]  # another call's step is reused
+    for n in missing:
+        entry.steps[base + (n,)] = compile_at(model, batch_size, cache_len, mode, n, token, pos, verbose)
+    built = [entry.steps[base + (n,)] for n in candidates]
     best = built[0] if len(built) == 1 else fastest(model, built, token, pos)
     seconds = time.perf_counter() - t0
-    if mode == "max-autotune":
+    if mode == "max-autotune" and missing:
         autotune_summary(autotune_tally(tuned), seconds, best.threads)
-    steps[key] = best
+    entry.chosen[ask] = best.threads
     model.install_kv_caches(best.caches)  # zeroed: the warm-up's dummy entries are gone
     return best, seconds
+
+
+def forget_stale(model: GPT, base: tuple) -> ModelSteps:
+    """The model's ModelSteps without the steps of another (batch, cache length) -- a sweep must not
+    pile up KV caches; both modes of one shape stay, `bench infer` interleaves them -- nor the
+    frozen steps whose weights changed since they were compiled."""
+    entry = _STEPS.setdefault(model, ModelSteps())
+    stamp = weights_stamp(model)
+    stale = [k for k, c in entry.steps.items() if k[:2] != base[:2] or c.weights not in (None, stamp)]
+    if stale:
+        for k in stale:
+            del entry.steps[k]
+        entry.chosen = {k: n for k, n in entry.chosen.items() if k[:5] + (n,) in entry.steps}
+    return entry
 
 
 def compile_at(model: GPT, batch_size: int, cache_len: int, mode: str, threads: int,
@@ -200,9 +225,7 @@ def fastest(model: GPT, built: list[CompiledStep], token: torch.Tensor, pos: tor
 
     times, _ = time_round_robin({i: trial(c) for i, c in enumerate(built)}, token.device, repeats=TRIAL_ROUNDS)
     ms = {built[i].threads: statistics.median(t) / TRIAL_STEPS * 1e3 for i, t in times.items()}
-    best = min(built, key=lambda c: ms[c.threads])
-    best.thread_trial_ms = ms
-    return best
+    return replace(min(built, key=lambda c: ms[c.threads]), thread_trial_ms=ms)
 
 
 def autotune_tally(since: tuple[int, float] = (0, 0.0)) -> tuple[int, float]:

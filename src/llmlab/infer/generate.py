@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterator
 
 import torch
@@ -127,6 +127,8 @@ class GenerationTimes:
     decode_threads: int | None = None
     """Intra-op CPU threads the decode loop ran at (a compiled step's may differ from the caller's:
     see `llmlab.infer.compiled`)."""
+    thread_trial_ms: dict[int, float] | None = None
+    """When this call chose the compiled step's thread count by timing: ms per step at each count."""
 
     @property
     def decode_tokens_per_s(self) -> float:
@@ -176,20 +178,21 @@ def generate_timed(model: GPT, idx: torch.Tensor, max_new_tokens: int, use_kv_ca
             return _generate_uncached(model, idx, max_new_tokens, pick)
     B, T = idx.shape
     try:
-        compile_s = None
+        compile_s = trial = None
         if mode:
             from llmlab.infer.compiled import compiled_decode_step  # compiled imports this module
 
             # Compiling (reported apart) installs the step's own caches, kept across calls.
             compiled, compile_s = compiled_decode_step(model, B, T + max_new_tokens, warm_pos=T, mode=mode,
                                                        decode_threads=decode_threads, verbose=verbose)
-            decode_fn, decode_threads = compiled.step, compiled.threads
+            decode_fn, decode_threads, trial = compiled.step, compiled.threads, compiled.thread_trial_ms
             t0 = _clock(idx.device)
         else:
             t0 = _clock(idx.device)  # allocating the cache is part of prefill, as in HF's generate()
             model.setup_kv_cache(B, T + max_new_tokens)
-        return _generate_cached(model, idx, max_new_tokens, pick, decode_fn or decode_step, compile_s, t0,
-                                decode_threads or torch.get_num_threads())
+        ids, times = _generate_cached(model, idx, max_new_tokens, pick, decode_fn or decode_step, compile_s, t0,
+                                      decode_threads or torch.get_num_threads())
+        return ids, replace(times, thread_trial_ms=trial)
     finally:
         model.clear_kv_cache()
 
