@@ -225,6 +225,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--verbose", action="store_true", help="show inductor's max-autotune tables")
     p.add_argument("--no-compile", action="store_true", help="skip the compiled rows")
     p.add_argument("--no-peers", action="store_true", help="skip Hugging Face transformers")
+    p.add_argument("--skip-no-cache", action="store_true",
+                   help="skip the no-cache rows (each token recomputes the whole prefix: minutes on a busy machine)")
     p.add_argument("--quick", action="store_true", help="32 + 32 tokens, 1 repeat: a smoke run")
     args = p.parse_args(argv)
     try:
@@ -252,9 +254,10 @@ def measure_batch(model: GPT, peer: torch.nn.Module | None, args: argparse.Names
     new = args.new_tokens
     runs: dict[str, Run] = {}
     for threads in args.threads:
-        cases = llmlab_runs(model, prompt, new, compile=not args.no_compile, no_cache=first, verbose=args.verbose)
+        no_cache = first and not args.skip_no_cache
+        cases = llmlab_runs(model, prompt, new, compile=not args.no_compile, no_cache=no_cache, verbose=args.verbose)
         if peer is not None:
-            cases |= hf_runs(peer, prompt, new, first, static_compiled=first and not args.no_compile)
+            cases |= hf_runs(peer, prompt, new, no_cache, static_compiled=first and not args.no_compile)
         runs |= at_threads(cases, threads)
     figures, ids = time_interleaved(runs, args.repeats)
     wbytes = weight_bytes_per_token(model)
