@@ -75,3 +75,10 @@ def test_bad_batch_sizes_are_config_errors() -> None:
         main(["--threads", "1,two"])
     with pytest.raises(ConfigError, match="--threads must be >= 1"):
         main(["--threads", "0,1"])
+
+
+def test_skip_no_cache_leaves_out_the_no_cache_rows(capsys) -> None:
+    assert main(["--prompt-len", "4", "--new-tokens", "2", "--repeats", "1", "--no-peers", "--no-compile",
+                 "--skip-no-cache", "--threads", "1"]) == 0
+    payload = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {r["mode"] for r in payload["rows"]} == {"kv cache, eager"}
