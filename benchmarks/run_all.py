@@ -21,7 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 BENCHES = {
-    "infer": ["infer", "--threads", "1"],
+    "infer": ["infer", "--threads", "1,2", "--batch-sizes", "1", "--skip-no-cache"],  # see the README
     "train": ["train", "configs/runs/bench-train.toml"],
     "moe": ["moe", "--threads", "1", "--clock", "cpu"],
     "data": ["data"],

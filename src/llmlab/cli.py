@@ -98,6 +98,10 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
                    help="torch.compile the cached decode step: default (CUDA graphs on a GPU, frozen weights "
                         "on a CPU) or max-autotune (also the fastest kernel per matmul; longer compile); "
                         "compile time reported apart")
+    p.add_argument("--decode-threads", type=int, default=None,
+                   help="intra-op CPU threads of the decode loop (default: torch's; a compiled CPU step takes "
+                        "the faster of that and 1, timed when compiling)")
+    p.add_argument("--verbose", action="store_true", help="show inductor's max-autotune tables")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--json", action="store_true", help="print ids, text and tokens/s as one JSON object")
     p.set_defaults(func=_cmd_generate)
@@ -119,6 +123,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         device=args.device,
         dtype=args.dtype,
         compile=args.compile or False,
+        decode_threads=args.decode_threads,
+        verbose=args.verbose,
         overrides=args.set,
     )
     if args.json:
@@ -132,7 +138,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         compiled = f", compiled in {out['compile_s']:.1f} s" if out["compile_s"] is not None else ""
         print(
             f"[{out['new_tokens']} new tokens: prefill {out['prefill_s'] * 1e3:.1f} ms, {decode}"
-            f"kv_cache={'on' if out['kv_cache'] else 'off'}{compiled}]",
+            f"kv_cache={'on' if out['kv_cache'] else 'off'}, decode at {out['decode_threads']} "
+            f"thread(s){compiled}]",
             file=sys.stderr,
         )
     return 0

@@ -3,9 +3,10 @@ a device sync before each clock read, medians, and interleaved cases."""
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -46,3 +47,17 @@ def time_round_robin(cases: dict[str, Callable[[], Any]], device: torch.device |
         for name, fn in cases.items():
             times[name] += time_fn(fn, device, repeats=1, warmup=0)
     return times, warmup_s
+
+
+@contextlib.contextmanager
+def intra_op_threads(n: int | None) -> Iterator[None]:
+    """Run the block at n intra-op CPU threads (None: leave the count alone), then put the
+    caller's count back: the count is process-wide, and a library call must not leave it changed."""
+    before = torch.get_num_threads()
+    if n is not None and n != before:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)

@@ -89,3 +89,32 @@ def test_hf_generate_timing_is_equal_work() -> None:
         assert torch.equal(ids, generate(model, prompt, 6))
         assert times.decode_tokens == 5 * 2 and times.prefill_s > 0 and times.decode_s > 0
     assert kept and set(kept) == {1}
+
+
+def test_hf_static_compiled_run_checks_tokens_and_leaves_the_peer_eager(monkeypatch: pytest.MonkeyPatch) -> None:
+    """HF at its best (static cache, forward compiled fullgraph): same greedy tokens as its eager
+    generate and ours, its first call reported as compile_s, the peer itself left eager; a copy
+    that decodes other tokens than the eager peer is refused before any timing. Dynamo traces HF's
+    forward for real (fullgraph); the eager backend stands in for inductor to keep the test short."""
+    from llmlab.bench import infer
+    from llmlab.infer import generate
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, backend="eager", fullgraph=kw["fullgraph"]))
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(**TINY)).eval()
+    prompt = torch.randint(0, 300, (1, 8))
+    peer = infer.hf_peer(model, prompt)
+    run = infer.hf_static_compiled_run(peer, prompt, 6)
+    assert "forward" not in vars(peer)  # the compiled forward lives on a copy
+    ids, first = run()
+    assert torch.equal(ids, generate(model, prompt, 6)) and first.compile_s > 0
+    ids, again = run()
+    assert torch.equal(ids, generate(model, prompt, 6)) and again.compile_s is None and again.decode_tokens == 5
+
+    run = infer.hf_static_compiled_run(peer, prompt, 6, check_tokens=6)
+    with torch.no_grad():
+        for p in peer.parameters():  # the eager reference now decodes other tokens than the copy
+            p.copy_(torch.randn_like(p))
+    with pytest.raises(infer.PeerTokensDiffer, match="differs from its eager generate at new token 0"):
+        run()

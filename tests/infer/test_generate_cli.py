@@ -21,6 +21,7 @@ def test_generate_json_reports_prefill_and_decode_apart(capsys: pytest.CaptureFi
     assert out["decode_tokens_per_s"] == pytest.approx(2 * 5 / out["decode_s"])
     assert out["seconds"] == pytest.approx(out["prefill_s"] + out["decode_s"])
     assert out["compile_s"] is None and out["compiled"] is False
+    assert out["decode_threads"] == 1 and out["thread_trial_ms"] is None  # the conftest's one thread
 
 
 @pytest.mark.parametrize("flags,message", [
@@ -28,6 +29,7 @@ def test_generate_json_reports_prefill_and_decode_apart(capsys: pytest.CaptureFi
     (["--temperature", "nan"], "temperature must be a finite number >= 0"),
     (["--temperature", "1", "--top-k", "0"], "top_k must be an integer >= 1"),
     (["--no-kv-cache", "--compile"], "compile=True compiles the cached decode step"),
+    (["--decode-threads", "0"], "decode_threads must be an integer >= 1"),
 ])
 def test_bad_sampling_flags_exit_2_in_one_line(flags: list[str], message: str) -> None:
     proc = subprocess.run([sys.executable, "-m", "llmlab", *ARGS, *flags], capture_output=True, text=True,

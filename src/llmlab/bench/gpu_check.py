@@ -43,21 +43,22 @@ from torch.profiler import ProfilerActivity, profile
 import llmlab
 from llmlab.bench.common import environment, print_table
 from llmlab.bench.compile_check import compile_check
+from llmlab.bench.infer import hf_peer, hf_static_compiled_run
 from llmlab.bench.train import our_step, warm_up
 from llmlab.config import ModelConfig, load_model_config, load_run_config
 from llmlab.device import resolve_dtype
 from llmlab.errors import ConfigError
 from llmlab.infer import generate
 from llmlab.infer.compiled import compiled_decode_step
-from llmlab.infer.generate import decode_step, prefill
-from llmlab.infer.measure import measure_decode, random_prompt
+from llmlab.infer.generate import decode_context, decode_step, prefill
+from llmlab.infer.measure import measure_decode, random_prompt, time_interleaved
 from llmlab.model import GPT
 from llmlab.model.accounting import count
 from llmlab.model.kv_cache import KVCache
 from llmlab.model.mlp import mlp_params
 from llmlab.model.moe import expert_capacity
 from llmlab.runs import read_json, write_json
-from llmlab.timing import sync
+from llmlab.timing import intra_op_threads, sync
 from llmlab.train.metrics import mfu, peak_flops
 from llmlab.train.setup import autocast_dtype
 
@@ -87,6 +88,8 @@ class Plan:
     train_compiled: bool = True
     model_overrides: tuple[str, ...] = ()
     moe_overrides: tuple[str, ...] = ()
+    hf_variants: tuple[str, ...] = ("base", "gqa", "gqa+moe")
+    """Variants whose decode rows also time Hugging Face's compiled static-cache generate."""
 
     def overrides(self, variant: str) -> list[str]:
         """--set overrides of a variant's model (the dry run's shrinking, its MoE dispatch)."""
@@ -102,7 +105,7 @@ def plan(dry_run: bool) -> Plan:
                     context=24, new_tokens=8, decode_batches=(1,), compile_seq_len=32, decode_repeats=1,
                     compile_backend="aot_eager", train_compiled=False,
                     model_overrides=("model.n_layers=1", "model.vocab_size=512"),
-                    moe_overrides=("model.moe.dispatch=capacity",))
+                    moe_overrides=("model.moe.dispatch=capacity",), hf_variants=("base",))
     if not torch.cuda.is_available():
         raise ConfigError("gpu_check needs a CUDA device; use --dry-run to check the script on a CPU")
     return Plan("cuda", "bf16", VARIANTS, train_steps=20, warmup_steps=3, seq_len=1024, batch_size=None,
@@ -202,14 +205,15 @@ def teacher_forced_logits(model: GPT, ids: torch.Tensor, prompt_len: int, compil
     compiled step (CUDA graphs on a GPU) or eager. Both paths see the same tokens, so their logits
     compare position by position even where a near-tie would make their greedy tokens differ."""
     B, L = ids.shape
+    step, threads = decode_step, None
     if compiled:
-        step, _ = compiled_decode_step(model, B, L, prompt_len)
+        built, _ = compiled_decode_step(model, B, L, prompt_len)
+        step, threads = built.step, built.threads
     else:
-        step = decode_step
         model.setup_kv_cache(B, L)
     pos = torch.tensor([prompt_len], device=ids.device)
     out = []
-    with torch.no_grad():
+    with decode_context(), intra_op_threads(threads):  # as generate runs the step
         prefill(model, ids[:, :prompt_len])
         for p in range(prompt_len, L - 1):
             out.append(step(model, ids[:, p : p + 1], pos).float())
@@ -255,12 +259,31 @@ def cudagraph_skips() -> int:
     return counters["inductor"]["cudagraph_skips"]
 
 
+def hf_static_rate(peer: Any, prompt: torch.Tensor, new_tokens: int, repeats: int) -> dict[str, Any]:
+    """Decode tokens/s of Hugging Face's compiled static-cache `generate` (its greedy tokens checked
+    against its eager generate first), or the reason it could not be measured."""
+    if peer is None:
+        return {"hf_static_error": "transformers is not installed"}
+    try:
+        out, _ = time_interleaved({"hf": hf_static_compiled_run(peer, prompt, new_tokens)}, repeats)
+    except Exception as e:  # a peer that does not run or does not agree is a finding, not a crash
+        return {"hf_static_error": f"{type(e).__name__}: {e}"}
+    return {"hf_static_tokens_per_s": out["hf"]["decode_tokens_per_s"], "hf_static_compile_s": out["hf"].get("compile_s")}
+
+
 def decode_rates(p: Plan, emit: Emit) -> None:
-    """Eager vs compiled (CUDA graphs on a GPU) cached decode of each model, per batch size."""
+    """Eager vs compiled (CUDA graphs on a GPU) cached decode of each model, per batch size, and
+    Hugging Face's compiled static-cache decode of the same weights (for `p.hf_variants`)."""
+    dtype = resolve_dtype(p.dtype, p.device)
     for name, model_name in p.variants.items():
         torch.manual_seed(0)
         cfg = load_model_config(f"configs/models/{model_name}.toml", p.overrides(name))
-        model = GPT(cfg).to(p.device).to(resolve_dtype(p.dtype, p.device)).eval()
+        model = GPT(cfg).to(p.device).eval()
+        peer = None
+        if name in p.hf_variants:  # our weights in transformers, checked in fp32 (bf16 would round the check away)
+            peer = hf_peer(model, random_prompt(cfg.vocab_size, 1, p.context - p.new_tokens, p.device, seed=1))
+            peer = peer and peer.to(dtype)
+        model.to(dtype)
         for batch in p.decode_batches:
             skips = cudagraph_skips()
             out = measure_decode(model, batch_size=batch, context=p.context, new_tokens=p.new_tokens,
@@ -275,12 +298,16 @@ def decode_rates(p: Plan, emit: Emit) -> None:
                    "prefill_ms": eager["prefill_s"] * 1e3, "compile_s": compiled.get("compile_s"),
                    "same_tokens": compiled["same_tokens_as_kv_cache"], **check,
                    "cudagraph_skips": cudagraph_skips() - skips}
+            if name in p.hf_variants:
+                row.update(hf_static_rate(peer, prompt, p.new_tokens, p.decode_repeats))
+                hf = row.get("hf_static_tokens_per_s")
+                row["vs_hf_static"] = row["compiled_tokens_per_s"] / hf if hf else None
             emit(row)
             if not check["within_tolerance"] or row["cudagraph_skips"]:
                 raise RuntimeError(f"{name} batch {batch}: compiled logits {check['logit_error']:.3g} from eager "
                                    f"(a mask bug moves them {check['mask_bug_effect']:.3g}); "
                                    f"{row['cudagraph_skips']} CUDA-graph skips")
-        del model
+        del model, peer
 
 
 # -- 4. SDPA kernels -------------------------------------------------------------------------------
@@ -458,6 +485,7 @@ def targets(record: dict[str, Any]) -> list[dict[str, Any]]:
     sdpa = {r["shape"]: r for r in _rows(record, "sdpa")}
     base_mfu = train.get("base", {}).get("mfu")
     speedup = decode.get(("base", 1), {}).get("speedup")
+    vs_hf = decode.get(("base", 1), {}).get("vs_hf_static")
     torch_ms = moe.get("grouped, torch._grouped_mm", {}).get("step_ms")
     triton_ms = moe.get("grouped, Triton (the sm80 path)", {}).get("step_ms")
     ratio = triton_ms / torch_ms if triton_ms and torch_ms else None
@@ -465,6 +493,7 @@ def targets(record: dict[str, Any]) -> list[dict[str, Any]]:
     return [
         _target("dense 125M bf16 compiled MFU (seq 1024)", base_mfu, ">=", 0.45, "goal 0.50"),
         _target("CUDA-graph decode / eager, base, batch 1", speedup, ">=", 3.0),
+        _target("CUDA-graph decode / HF static-cache compiled generate, base, batch 1", vs_hf, ">=", 1.5),
         _target("sm80 MoE path (Triton) step time / torch._grouped_mm", ratio, "<=", 1.3),
         {"target": "masked GQA decode on a fused SDPA kernel",
          "measured": gqa_decode and gqa_decode["kernels"], "met": gqa_decode and gqa_decode["fused"]},
@@ -502,7 +531,9 @@ def print_summary(record: dict[str, Any], out: Path) -> None:
                                          ("mfu", "MFU", ".1%"), ("peak_memory_gb", "peak GB", ".1f")])
     print_table(_rows(record, "decode"), [("variant", "decode", ""), ("batch_size", "batch", "d"),
                                           ("eager_tokens_per_s", "eager tok/s", ",.0f"),
-                                          ("compiled_tokens_per_s", "graphs tok/s", ",.0f"), ("speedup", "x", ".2f")])
+                                          ("compiled_tokens_per_s", "graphs tok/s", ",.0f"), ("speedup", "x", ".2f"),
+                                          ("hf_static_tokens_per_s", "HF static tok/s", ",.0f"),
+                                          ("vs_hf_static", "x HF", ".2f")])
     print_table(_rows(record, "sdpa"), [("shape", "attention", ""), ("heads", "heads", ""), ("kernels", "SDPA kernel", "")])
     print_table(_rows(record, "moe_dispatch"), [("arm", "MoE dispatch", ""), ("tokens_per_s", "tokens/s", ",.0f"),
                                                 ("step_ms", "step ms", ".1f")])

@@ -13,17 +13,18 @@ token) are timed apart by `generate_timed`.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, replace
+from typing import Callable, Iterator
 
 import torch
 
 from llmlab.config import COMPILE_MODES
 from llmlab.errors import ConfigError
 from llmlab.model import GPT
-from llmlab.timing import sync
+from llmlab.timing import intra_op_threads, sync
 
 DecodeFn = Callable[[GPT, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -47,6 +48,13 @@ def check_compile(compile: bool | str) -> str | None:
     return compile
 
 
+def check_threads(decode_threads: int | None) -> None:
+    if decode_threads is not None and (not isinstance(decode_threads, int) or isinstance(decode_threads, bool)
+                                       or decode_threads < 1):
+        raise ConfigError(f"decode_threads must be an integer >= 1 (or None: the caller's count, or for a "
+                          f"compiled CPU step the faster of it and 1), got {decode_threads!r}")
+
+
 def sample(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = None,
            generator: torch.Generator | None = None) -> torch.Tensor:
     """logits (B, V) -> next ids (B, 1). temperature 0 = greedy (argmax)."""
@@ -58,6 +66,24 @@ def sample(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = N
         logits = logits.masked_fill(logits < kth, float("-inf"))
     probs = logits.softmax(dim=-1)
     return torch.multinomial(probs, num_samples=1, generator=generator)
+
+
+@contextlib.contextmanager
+def decode_context() -> Iterator[None]:
+    """Gradients off and inference mode off, whatever the caller's context (`torch.no_grad`,
+    `torch.inference_mode`, neither): `generate` and the compiled step's warm-up run in it.
+
+    Why one fixed context: dynamo guards a compiled graph on the grad mode and on the dispatch keys
+    of its inputs, and inside `inference_mode` every tensor -- ordinary ones too -- shows other keys.
+    A step compiled in one context and called in another would be recompiled silently, inside the
+    timed loop and without the frozen weights `compiled_decode_step` patches in (issue 20 measured
+    311 against 1,224-1,522 tok/s). Why inference mode *off* rather than on: what generation keeps
+    and returns stays ordinary tensors -- a compiled step's KV caches live across calls and are
+    written in place, which inference tensors refuse outside inference mode, and the returned ids
+    can feed autograd. A caller's inference tensors (a prompt) are only read, which is allowed.
+    """
+    with torch.inference_mode(False), torch.no_grad():
+        yield
 
 
 def decode_step(model: GPT, token: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
@@ -98,36 +124,48 @@ class GenerationTimes:
     """Tokens produced in decode_s: (max_new_tokens - 1) x batch."""
     compile_s: float | None = None
     """Compiling the decode step for this (batch, cache length), when this call did it (else None)."""
+    decode_threads: int | None = None
+    """Intra-op CPU threads the decode loop ran at (a compiled step's may differ from the caller's:
+    see `llmlab.infer.compiled`)."""
+    thread_trial_ms: dict[int, float] | None = None
+    """When this call chose the compiled step's thread count by timing: ms per step at each count."""
 
     @property
     def decode_tokens_per_s(self) -> float:
         return self.decode_tokens / self.decode_s if self.decode_s > 0 else float("nan")
 
 
-@torch.no_grad()
 def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, use_kv_cache: bool = True,
              temperature: float = 0.0, top_k: int | None = None, seed: int | None = None,
-             decode_fn: DecodeFn | None = None, compile: bool | str = False) -> torch.Tensor:
+             decode_fn: DecodeFn | None = None, compile: bool | str = False, decode_threads: int | None = None,
+             verbose: bool = False) -> torch.Tensor:
     """Extend idx (B, T) by max_new_tokens; returns (B, T + max_new_tokens).
 
     seed fixes sampling (a private generator, so global RNG state is untouched). compile=True (or a
     mode of COMPILE_MODES) runs the decode step through `torch.compile` (compiled once per model,
-    batch, cache length and mode, and reused while the weights are unchanged; see
-    `llmlab.infer.compiled`); decode_fn lets a caller pass its own step instead.
+    batch, cache length, mode and thread count, and reused while the weights are unchanged; see
+    `llmlab.infer.compiled`); decode_fn lets a caller pass its own step instead. decode_threads:
+    intra-op threads of the decode loop (None: the caller's count, or for a compiled step on a CPU
+    the faster of it and 1, timed when compiling); the caller's count is put back after. verbose:
+    show inductor's autotuning tables (max-autotune), not just one summary line.
+    Runs with gradients and inference mode off whatever the caller's context (`decode_context`).
     The cache is set up for this call and cleared after.
     """
     return generate_timed(model, idx, max_new_tokens, use_kv_cache=use_kv_cache, temperature=temperature,
-                          top_k=top_k, seed=seed, decode_fn=decode_fn, compile=compile)[0]
+                          top_k=top_k, seed=seed, decode_fn=decode_fn, compile=compile,
+                          decode_threads=decode_threads, verbose=verbose)[0]
 
 
-@torch.no_grad()
+@decode_context()
 def generate_timed(model: GPT, idx: torch.Tensor, max_new_tokens: int, use_kv_cache: bool = True,
                    temperature: float = 0.0, top_k: int | None = None, seed: int | None = None,
-                   decode_fn: DecodeFn | None = None, compile: bool | str = False
+                   decode_fn: DecodeFn | None = None, compile: bool | str = False,
+                   decode_threads: int | None = None, verbose: bool = False
                    ) -> tuple[torch.Tensor, GenerationTimes]:
     """`generate`, returning also its prefill / decode / compile seconds (see GenerationTimes)."""
     check_lengths(model, idx, max_new_tokens)
     check_sampling(temperature, top_k)
+    check_threads(decode_threads)
     mode = check_compile(compile)
     if mode and (decode_fn is not None or not use_kv_cache):
         raise ConfigError("compile=True compiles the cached decode step: it needs use_kv_cache=True and no decode_fn")
@@ -136,28 +174,34 @@ def generate_timed(model: GPT, idx: torch.Tensor, max_new_tokens: int, use_kv_ca
         generator = torch.Generator(device=idx.device).manual_seed(seed)
     pick = lambda logits: sample(logits, temperature, top_k, generator)  # noqa: E731
     if not use_kv_cache:
-        return _generate_uncached(model, idx, max_new_tokens, pick)
+        with intra_op_threads(decode_threads):
+            return _generate_uncached(model, idx, max_new_tokens, pick)
     B, T = idx.shape
     try:
-        compile_s = None
+        compile_s = trial = None
         if mode:
             from llmlab.infer.compiled import compiled_decode_step  # compiled imports this module
 
             # Compiling (reported apart) installs the step's own caches, kept across calls.
-            decode_fn, compile_s = compiled_decode_step(model, B, T + max_new_tokens, warm_pos=T, mode=mode)
+            compiled, compile_s = compiled_decode_step(model, B, T + max_new_tokens, warm_pos=T, mode=mode,
+                                                       decode_threads=decode_threads, verbose=verbose)
+            decode_fn, decode_threads, trial = compiled.step, compiled.threads, compiled.thread_trial_ms
             t0 = _clock(idx.device)
         else:
             t0 = _clock(idx.device)  # allocating the cache is part of prefill, as in HF's generate()
             model.setup_kv_cache(B, T + max_new_tokens)
-        return _generate_cached(model, idx, max_new_tokens, pick, decode_fn or decode_step, compile_s, t0)
+        ids, times = _generate_cached(model, idx, max_new_tokens, pick, decode_fn or decode_step, compile_s, t0,
+                                      decode_threads or torch.get_num_threads())
+        return ids, replace(times, thread_trial_ms=trial)
     finally:
         model.clear_kv_cache()
 
 
 def _generate_cached(model: GPT, idx: torch.Tensor, max_new_tokens: int,
                      pick: Callable[[torch.Tensor], torch.Tensor], decode_fn: DecodeFn,
-                     compile_s: float | None, t0: float) -> tuple[torch.Tensor, GenerationTimes]:
-    """t0: when prefill's clock started (before the cache was set up)."""
+                     compile_s: float | None, t0: float, threads: int) -> tuple[torch.Tensor, GenerationTimes]:
+    """t0: when prefill's clock started (before the cache was set up). Prefill runs at the caller's
+    thread count, the decode loop at `threads`."""
     T, device = idx.shape[1], idx.device
     tokens = [idx]
     if max_new_tokens > 0:
@@ -166,11 +210,12 @@ def _generate_cached(model: GPT, idx: torch.Tensor, max_new_tokens: int,
     # One position tensor, advanced in place: no per-step allocation, and the same input to a
     # compiled step at every position.
     input_pos = torch.tensor([T], device=device)
-    for _ in range(max_new_tokens - 1):
-        tokens.append(pick(decode_fn(model, tokens[-1], input_pos)))
-        input_pos += 1
-    t2 = _clock(device)
-    times = GenerationTimes(t1 - t0, t2 - t1, max(max_new_tokens - 1, 0) * idx.shape[0], compile_s)
+    with intra_op_threads(threads):
+        for _ in range(max_new_tokens - 1):
+            tokens.append(pick(decode_fn(model, tokens[-1], input_pos)))
+            input_pos += 1
+        t2 = _clock(device)
+    times = GenerationTimes(t1 - t0, t2 - t1, max(max_new_tokens - 1, 0) * idx.shape[0], compile_s, threads)
     return torch.cat(tokens, dim=1), times
 
 
@@ -183,7 +228,8 @@ def _generate_uncached(model: GPT, idx: torch.Tensor, max_new_tokens: int,
         if i == 0:
             t1 = _clock(idx.device)  # after the first token: prefill
     t2 = _clock(idx.device)
-    return idx, GenerationTimes(t1 - t0, t2 - t1, max(max_new_tokens - 1, 0) * idx.shape[0])
+    return idx, GenerationTimes(t1 - t0, t2 - t1, max(max_new_tokens - 1, 0) * idx.shape[0],
+                                decode_threads=torch.get_num_threads())
 
 
 def _clock(device: torch.device) -> float:

@@ -117,4 +117,8 @@ def summarize(runs: list[GenerationTimes], warmup: GenerationTimes, batch: int) 
     }
     if warmup.compile_s is not None:
         out["compile_s"] = warmup.compile_s
+    if runs[0].decode_threads is not None:
+        out["decode_threads"] = runs[0].decode_threads
+    if warmup.thread_trial_ms is not None:
+        out["thread_trial_ms"] = warmup.thread_trial_ms
     return out

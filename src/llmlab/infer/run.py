@@ -48,6 +48,7 @@ def load_source(source: str, overrides: list[str], device: str, seed: int, dtype
 def generate_from_source(source: str, *, prompt: str | None, prompt_ids: str | None, max_new_tokens: int,
                          use_kv_cache: bool, temperature: float, top_k: int | None, seed: int,
                          batch_size: int = 1, device: str = "cpu", dtype: str = "auto", compile: bool | str = False,
+                         decode_threads: int | None = None, verbose: bool = False,
                          overrides: list[str] = ()) -> dict[str, Any]:
     model, tokenizer = load_source(source, list(overrides), device, seed, dtype)
     vocab = model.config.vocab_size
@@ -62,7 +63,8 @@ def generate_from_source(source: str, *, prompt: str | None, prompt_ids: str | N
     idx = torch.tensor([ids] * batch_size, device=device)
     # compile=True compiles the decode step before the clock starts: compile_s is reported apart.
     out, times = generate_timed(model, idx, max_new_tokens, use_kv_cache=use_kv_cache, temperature=temperature,
-                                top_k=top_k, seed=seed, compile=compile)
+                                top_k=top_k, seed=seed, compile=compile, decode_threads=decode_threads,
+                                verbose=verbose)
     seconds = times.prefill_s + times.decode_s
     return {
         "ids": out.tolist(),
@@ -75,6 +77,8 @@ def generate_from_source(source: str, *, prompt: str | None, prompt_ids: str | N
         "decode_s": times.decode_s,
         "decode_tokens_per_s": times.decode_tokens_per_s if times.decode_tokens else None,
         "compile_s": times.compile_s,
+        "decode_threads": times.decode_threads,
+        "thread_trial_ms": times.thread_trial_ms,
         "kv_cache": use_kv_cache,
         "compiled": check_compile(compile) is not None,
         "compile_mode": check_compile(compile),
