@@ -5,6 +5,8 @@ tests/model/test_gpu.py applies it to bf16 CUDA graphs, where exact tokens canno
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -12,20 +14,20 @@ from llmlab.bench import gpu_check
 from llmlab.bench.gpu_check import compiled_decode_error, planted_mask_bug
 from llmlab.config import load_model_config
 from llmlab.infer import generate
-from llmlab.infer.compiled import compiled_decode_step, release
+from llmlab.infer.compiled import CompiledStep, compiled_decode_step, release
 from llmlab.model import GPT
 
 
-def buggy_compiled_decode_step(model: GPT, *args: int):
+def buggy_compiled_decode_step(model: GPT, *args: int) -> tuple[CompiledStep, float | None]:
     """The compiled step, compiled and run with the planted mask bug."""
     with planted_mask_bug():
-        step, seconds = compiled_decode_step(model, *args)
+        built, seconds = compiled_decode_step(model, *args)
 
     def run(*inputs: torch.Tensor) -> torch.Tensor:
         with planted_mask_bug():
-            return step(*inputs)
+            return built.step(*inputs)
 
-    return run, seconds
+    return dataclasses.replace(built, step=run), seconds
 
 
 @pytest.mark.slow
