@@ -7,6 +7,7 @@ import contextlib
 import pytest
 import torch
 import torch._dynamo
+import torch._inductor.config
 from torch._dynamo.utils import counters
 
 from llmlab.infer import generate
@@ -206,3 +207,17 @@ def test_decode_threads_must_be_a_positive_integer(bad: object) -> None:
 
     with pytest.raises(ConfigError, match="decode_threads must be an integer >= 1"):
         generate(build("dense"), torch.zeros(1, 3, dtype=torch.long), 4, decode_threads=bad)
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_max_autotune_prints_one_summary_line_unless_verbose(verbose: bool, capfd: pytest.CaptureFixture) -> None:
+    """Inductor's caches off, so that autotuning really runs: by default one llmlab line and none
+    of inductor's tables; verbose=True shows the tables (so the quiet case can fail)."""
+    torch._dynamo.reset()
+    model = build("gqa")
+    with torch._inductor.config.patch(fx_graph_cache=False, autotune_local_cache=False):
+        generate(model, torch.randint(0, 97, (1, 4)), 4, compile="max-autotune", verbose=verbose)
+    err = capfd.readouterr().err
+    summary = [line for line in err.splitlines() if line.startswith("llmlab: max-autotune decode step: autotuned")]
+    assert len(summary) == 1
+    assert ("AUTOTUNE " in err) is verbose and ("Autotune Choices Stats" in err) is verbose
