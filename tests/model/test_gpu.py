@@ -7,30 +7,12 @@ import torch
 from torch.testing import assert_close
 
 from llmlab.bench.compile_check import compile_check
-from llmlab.bench.gpu_check import compiled_decode_error
+from llmlab.bench.gpu_check import compiled_decode_error, planted_mask_bug, teacher_forced_logits
 from llmlab.config import load_model_config
 from llmlab.infer import generate
 from llmlab.model import GPT
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
-
-
-def cached_logits(model: GPT, idx: torch.Tensor, prompt: int, wrong_mask: bool = False) -> torch.Tensor:
-    """Logits of every position after `prompt`, by prefill then one-token decode steps. wrong_mask:
-    the bug the tolerance must catch -- no mask over the static cache: queries see unwritten slots."""
-    B, T = idx.shape
-    model.setup_kv_cache(B, T)
-    if wrong_mask:  # every slot visible, unwritten ones too
-        cache = model.kv_cache
-        cache.mask = lambda input_pos: torch.ones(len(input_pos), cache.max_seq_len, dtype=torch.bool,
-                                                  device=input_pos.device)
-    try:
-        model(idx[:, :prompt], input_pos=torch.arange(prompt, device=idx.device))
-        steps = [model(idx[:, p : p + 1], input_pos=torch.tensor([p], device=idx.device)).logits
-                 for p in range(prompt, T)]
-    finally:
-        model.clear_kv_cache()
-    return torch.cat(steps, 1).float()
 
 
 @pytest.mark.parametrize("config", ["tiny-gqa", "tiny-moe"])
@@ -43,9 +25,10 @@ def test_bf16_decode_matches_fp32_of_the_same_weights_closer_than_a_mask_bug(con
     idx = torch.randint(0, 1000, (2, 64), device="cuda")
     with torch.no_grad():
         model.lm_head.weight.mul_(10)  # trained-like logit scale, so differences are not all near zero
-        fp32 = cached_logits(model, idx, 16)
-        wrong = cached_logits(model, idx, 16, wrong_mask=True)
-        bf16 = cached_logits(model.to(torch.bfloat16), idx, 16)
+        fp32 = teacher_forced_logits(model, idx, 16, compiled=False)
+        with planted_mask_bug():  # every cache slot visible, unwritten ones too
+            wrong = teacher_forced_logits(model, idx, 16, compiled=False)
+        bf16 = teacher_forced_logits(model.to(torch.bfloat16), idx, 16, compiled=False)
     # A random model attends almost uniformly, so a mask bug moves logits by ~0.4 here while bf16
     # rounds them by ~0.1 (measured on CPU): a tolerance of half the bug's effect, with no relative
     # term (rtol 0.02 of logits ~30 would exceed the bug's effect), fails on the bug, passes bf16.

@@ -14,7 +14,8 @@ The tiling follows MegaBlocks (Gale et al. 2023, "MegaBlocks: Efficient Sparse T
 Mixture-of-Experts"): each expert's rows are cut into BLOCK_M tiles; the grid has the most tiles any
 routing can need, ceil(R / BLOCK_M) + E (each expert adds at most one partial tile), and a tile past
 the routing's own count does nothing. Extra work: the partial tiles' masked rows, at most E *
-BLOCK_M rows a projection, ~1 % at 125M training shapes (`padding_rows`).
+(BLOCK_M - 1) rows a projection: at most 504 against 32,768 real rows (1.5 %) at the 125M MoE's
+training shapes (8 experts, top-2, 16 x 1024 tokens a micro-batch).
 
 Backward: dX = grouped_mm(dY, w^T) (the same kernel, transposed strides); dW_e = X_e^T dY_e (a second
 kernel whose programs each own one (expert, K tile, N tile) of dW and loop over that expert's rows).
@@ -48,11 +49,6 @@ BLOCK_N = 64
 BLOCK_K = 32
 NUM_WARPS = 4
 NUM_STAGES = 3
-
-
-def padding_rows(n_experts: int) -> int:
-    """Upper bound on the masked rows a grouped projection computes beyond the R real ones."""
-    return n_experts * (BLOCK_M - 1)
 
 
 def tile_table(offsets_E: torch.Tensor, n_rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
