@@ -271,6 +271,9 @@ class TrainConfig:
     ckpt_interval: int = 100
     """Checkpoint every this many steps (0 = only at the end)."""
     keep_checkpoints: int = 2
+    ckpt_at: list[int] = field(default_factory=list)
+    """Further checkpoints at exactly these steps, never pruned by keep_checkpoints: the stable run
+    of a campaign's decay branches keeps one at each branch's decay start (train/branch.py)."""
     log_interval: int = 10
     parallelism: str = "ddp"
     """Multi-process training under torchrun: ddp | fsdp (FSDP2 fully_shard)."""
@@ -285,6 +288,9 @@ class TrainConfig:
         if not 0 <= self.eval_stride <= self.seq_len:
             raise ConfigError(f"train.eval_stride ({self.eval_stride}) must be between 0 (= seq_len) and "
                               f"train.seq_len ({self.seq_len})")
+        if not isinstance(self.ckpt_at, list) or not all(
+                isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in self.ckpt_at):
+            raise ConfigError(f"train.ckpt_at must be a list of steps >= 1, got {self.ckpt_at!r}")
         _choice("train.schedule", self.schedule, SCHEDULES)
         _choice("train.dtype", self.dtype, DTYPES)
         _choice("train.parallelism", self.parallelism, PARALLELISMS)

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from llmlab.campaign.plan import Campaign, Variant
+from llmlab.campaign.schedule import budget_cost
 from llmlab.campaign.stats import resolvable_difference
 from llmlab.config import MoEConfig, ModelConfig
 from llmlab.data.sources import WIKITEXT
@@ -173,7 +174,11 @@ def runs_per_variant(campaign: Campaign) -> dict[str, Any]:
     n_lr = len(campaign.sweep.lr) * max(1, len(campaign.sweep.seeds)) if campaign.sweep else 0  # LRs x sweep seeds
     fraction = campaign.sweep.fraction if campaign.sweep else 0.0
     seeds = len(campaign.seeds)
-    return {"sweep_runs": n_lr, "seed_runs": seeds, "runs": n_lr + seeds, "full_run_equivalents": n_lr * fraction + seeds}
+    # with [budgets], each seed is a stable run and its decay branches (schedule.budget_cost)
+    per_seed = budget_cost(campaign, campaign.variants[0])
+    branches = 1 + (len(campaign.budgets.fractions) + 1 if campaign.budgets else 0)
+    return {"sweep_runs": n_lr, "seed_runs": seeds * branches, "runs": n_lr + seeds * branches,
+            "full_run_equivalents": n_lr * fraction + seeds * per_seed}
 
 
 def variant_estimate(variant: Variant, per_variant: dict[str, Any], mfu: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -112,6 +112,33 @@ def _params(record: VariantRecord) -> dict[str, int]:
     return result(record.first).get("params", {})
 
 
+def budget_differences(rows: list[dict[str, Any]], path: Path) -> str | None:
+    """Each loss hypothesis's Δ test loss against the training budget (campaign/budgets.py rows):
+    the mean over paired seeds, its 95 % seed interval as error bars, 0 drawn: a line crossing it
+    is a verdict that depends on the budget."""
+    if not rows:
+        return None
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    by_title: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_title.setdefault(row["title"], []).append(row)
+    for i, (title, rs) in enumerate(by_title.items()):
+        x = [r["tokens"] or r["updates"] for r in rs]
+        x = [v * (1 + 0.02 * (i - len(by_title) / 2)) for v in x]  # side by side, not on top of each other
+        mean = np.array([r["mean"] for r in rs])
+        low = np.array([r["mean"] if r["low"] is None else r["low"] for r in rs])
+        high = np.array([r["mean"] if r["high"] is None else r["high"] for r in rs])
+        ax.errorbar(x, mean, yerr=[mean - low, high - mean], fmt="o-", capsize=3, label=title)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set(xlabel="training tokens" if rows[0]["tokens"] else "updates", ylabel="Δ test loss (nats/token)",
+           title="each hypothesis against budget: mean over paired seeds, 95 % seed interval")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
 def lr_sweep(records: list[VariantRecord], path: Path) -> str | None:
     """Each variant's LR curve: mean final validation loss over the sweep seeds against the
     learning rate (log scale), single seeds as small dots; the chosen LR circled; diverged points

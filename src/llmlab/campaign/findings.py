@@ -24,7 +24,7 @@ from __future__ import annotations
 from typing import Any
 
 from llmlab.campaign import aggregate
-from llmlab.campaign.records import VariantRecord, infer
+from llmlab.campaign.records import VariantRecord, infer, result
 from llmlab.campaign.stats import BETTER, NO_DIFFERENCE, ONE_SEED, WORSE, OutlierRule, adjusted_verdict, holm
 
 VERDICT = {BETTER: "supported", WORSE: "contradicted (the difference goes the other way)",
@@ -164,13 +164,16 @@ def flagged_finding(records: list[VariantRecord]) -> str:
 
 
 def findings(records: list[VariantRecord], memory: list[dict[str, Any]],
-             hypotheses: list[dict[str, Any]] | None = None) -> str:
-    """The Findings section's markdown. hypotheses: loss_hypotheses(records), when already computed."""
+             hypotheses: list[dict[str, Any]] | None = None, against_budget: str = "") -> str:
+    """The Findings section's markdown. hypotheses: loss_hypotheses(records), when already computed;
+    against_budget: budgets.budget_finding's line (campaigns with decay branches)."""
     role = roles(records)
     rows = loss_hypotheses(records) if hypotheses is None else hypotheses
     by_title = {row["title"]: row | {"family": len(rows)} for row in rows}
+    tokens = records[0].runs and result(records[0].first).get("tokens")
+    at = f" Every verdict below is at the full budget, {tokens:,} training tokens per run." if tokens else ""
     lines = ["## Findings", "",
-             f"Generated from the records above (paired by seed; 95 % intervals: paired t, scipy). The {len(rows)} loss "
+             f"Generated from the records above (paired by seed; 95 % intervals: paired t, scipy).{at} The {len(rows)} loss "
              "hypotheses are one family: verdicts use Holm-adjusted p-values (supported = adjusted p < 0.05 with the "
              "difference below 0, contradicted = above 0, otherwise not resolved at this budget).", ""]
     for key, against, title, always in LOSS_HYPOTHESES:
@@ -178,5 +181,7 @@ def findings(records: list[VariantRecord], memory: list[dict[str, Any]],
             lines.append(memory_finding(memory, role.get("gqa") or role.get("kv_only")))
         if always or (key in role and (against is None or against in role)):
             lines.append(loss_finding(title, by_title.get(title)))
+    if against_budget:
+        lines.append(against_budget)
     lines += [cache_finding(records), noise_finding(records), flagged_finding(records)]
     return "\n".join(lines) + "\n"

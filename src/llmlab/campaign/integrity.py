@@ -25,7 +25,7 @@ from llmlab.runs import read_json, write_json
 FINGERPRINT_FILE = "fingerprint.json"
 # Settings that change neither the weights nor the record's figures: where files are and how often
 # progress is written. (The data's identity is its fingerprint, not the folder it sits in.)
-IGNORED_KEYS = ("train.log_interval", "train.ckpt_interval", "train.keep_checkpoints",
+IGNORED_KEYS = ("train.log_interval", "train.ckpt_interval", "train.keep_checkpoints", "train.ckpt_at",
                 "data.dir", "data.source_dir", "data.tokenizer_file")
 
 

@@ -12,6 +12,9 @@ fraction = 0.5                            # share of the budget each sweep run t
 seeds = [0, 1]                            # optional: the sweep at several seeds (default: the first seed)
 eval_windows = 256                        # optional: a larger validation set for the sweep runs
 
+[budgets]                                 # optional: the answer at several budgets (decay branches)
+fractions = [0.25, 0.5]                   # besides the full budget; needs train.schedule = "wsd"
+
 [generate]                                # the inference sweep after training
 contexts = [64, 192]                      # sequence length at the last decoded token
 batch_sizes = [1, 8]
@@ -41,7 +44,8 @@ variant that changes any of them (RECIPE_KEYS) is refused unless it is marked `a
 A variant whose matched figure is more than `tolerance` off the first variant's is an error: the
 comparison would not be at equal parameters. Ablations are exempt from both rules and are
 labelled as such in the plan and the report, never silently treated as iso-parameter (DESIGN.md 9).
-Run directories are `<out>/<variant>/sweep/lr-X` and `<out>/<variant>/seed-N` (schedule.py).
+Run directories are `<out>/<variant>/sweep/lr-X` and `<out>/<variant>/seed-N` (schedule.py);
+with `[budgets]`, also `<out>/<variant>/stable/seed-N` and `<out>/<variant>/budget-U/seed-N`.
 """
 
 from __future__ import annotations
@@ -53,8 +57,9 @@ from typing import Any
 from llmlab.config import RunConfig, deep_merge, flatten, read_toml, run_config_from_dict
 from llmlab.errors import ConfigError
 from llmlab.model.accounting import count
+from llmlab.train.schedule import wsd_decay_start
 
-CAMPAIGN_KEYS = ("name", "match", "tolerance", "generate", "variant", "sweep", "seeds")
+CAMPAIGN_KEYS = ("name", "match", "tolerance", "generate", "variant", "sweep", "seeds", "budgets")
 MATCH_KEYS = ("active_non_embedding", "active", "non_embedding", "total", "none")
 # What "equal data and budget" means: a non-ablation variant must share these with the first one.
 RECIPE_KEYS = ("data.dataset", "data.tokenizer", "data.dir", "train.seq_len", "train.tokens_per_update",
@@ -143,6 +148,29 @@ class SweepSpec:
 
 
 @dataclass
+class BudgetSpec:
+    """`[budgets]`: each variant's answer at several budgets for little more than one run's cost,
+    by decay branches of a warmup-stable-decay run (Hägele et al. 2024, "Scaling Laws and
+    Compute-Optimal Training Beyond Fixed Training Durations"; train/branch.py). Per variant and
+    seed: one *stable* run at the constant peak rate up to the latest decay start, checkpointed at
+    every branch's decay start; from each checkpoint a short decay to that budget. The full budget
+    (1.0) is always one of them: its branch is the seed run `<variant>/seed-N` the rest of the
+    report reads. A branch equals the WSD run of its budget trained from scratch with the full
+    run's warm-up (tests/train/test_branch.py)."""
+
+    fractions: list[float] = field(default_factory=list)
+    """Budgets besides the full one, as fractions of it (each rounded down to whole updates)."""
+
+    def __post_init__(self) -> None:
+        f = self.fractions
+        if (not isinstance(f, list) or not f or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                        and 0 < x < 1 for x in f) or len(set(f)) != len(f)):
+            raise ConfigError(f"budgets.fractions must be a non-empty list of distinct fractions in (0, 1) (the "
+                              f"full budget, 1, is always run); got {f!r}")
+        self.fractions = sorted(float(x) for x in f)
+
+
+@dataclass
 class Variant:
     name: str
     config: RunConfig
@@ -163,6 +191,8 @@ class Campaign:
     seeds: list[int] = field(default_factory=list)
     """Every variant runs at every seed (init and data order: seed s is paired across variants);
     empty in the file = [the shared train.seed]."""
+    budgets: BudgetSpec | None = None
+    """None: each seed run is one run at the full budget."""
 
 
 def load_campaign(path: str | Path, overrides: list[str] = ()) -> Campaign:
@@ -183,7 +213,8 @@ def load_campaign(path: str | Path, overrides: list[str] = ()) -> Campaign:
     except TypeError as e:
         raise ConfigError(f"{path}: [generate]: {e}") from None
     campaign = Campaign(data.get("name", path.stem), match, float(data.get("tolerance", 0.01)), gen,
-                        sweep=_sweep(path, data.get("sweep")), seeds=_seeds(path, data.get("seeds")))
+                        sweep=_sweep(path, data.get("sweep")), seeds=_seeds(path, data.get("seeds")),
+                        budgets=_budgets(path, data.get("budgets")))
     names = set()
     for spec in specs:
         name = spec.get("name")
@@ -204,6 +235,7 @@ def load_campaign(path: str | Path, overrides: list[str] = ()) -> Campaign:
     check_recipe(campaign)
     check_match(campaign)
     check_generate(campaign)
+    check_budgets(campaign)
     campaign.seeds = campaign.seeds or [campaign.variants[0].config.train.seed]
     return campaign
 
@@ -215,6 +247,44 @@ def _sweep(path: Path, table: Any) -> SweepSpec | None:
         return SweepSpec(**table)
     except TypeError as e:
         raise ConfigError(f"{path}: [sweep]: {e} (keys: lr, fraction, seeds, eval_windows)") from None
+
+
+def _budgets(path: Path, table: Any) -> BudgetSpec | None:
+    if table is None:
+        return None
+    try:
+        return BudgetSpec(**table)
+    except TypeError as e:
+        raise ConfigError(f"{path}: [budgets]: {e} (keys: fractions)") from None
+
+
+def budget_steps(cfg: RunConfig, fraction: float) -> int:
+    """Updates of the budget `fraction` of cfg's (rounded down)."""
+    return int(cfg.train.total_steps() * fraction)
+
+
+def check_budgets(campaign: Campaign) -> None:
+    """Decay branches need a WSD schedule, and every budget's decay must start after the warm-up
+    (the branch shares the stable run's steps up to its decay start) at a distinct update."""
+    if campaign.budgets is None:
+        return
+    for v in campaign.variants:
+        t = v.config.train
+        if t.schedule != "wsd":
+            raise ConfigError(f"[budgets] needs train.schedule = \"wsd\" (a branch decays off a constant-rate run); "
+                              f"variant {v.name!r} has {t.schedule!r}: set it in the campaign's [train]")
+        starts = []
+        for fraction in campaign.budgets.fractions:
+            steps = budget_steps(v.config, fraction)
+            start = wsd_decay_start(t, steps) if steps > t.warmup else None
+            if start is None or start <= t.warmup or start >= steps:
+                raise ConfigError(f"[budgets]: fraction {fraction:g} of variant {v.name!r}'s {t.total_steps()} updates "
+                                  f"is {steps} updates, too few for a warm-up of {t.warmup} and a decay of "
+                                  f"{t.decay_frac:g} of them: raise the fraction or shorten train.warmup")
+            starts.append(start)
+        if len(set(starts)) != len(starts):
+            raise ConfigError(f"[budgets]: fractions {campaign.budgets.fractions} give the same budget in updates for "
+                              f"variant {v.name!r}: choose fractions further apart")
 
 
 def _seeds(path: Path, seeds: Any) -> list[int]:

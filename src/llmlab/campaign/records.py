@@ -29,6 +29,12 @@ class VariantRecord:
     """{"lr", "dir" (absolute), "status", "val_loss", "steps"} per grid point."""
     lr: float | None = None
     config: dict[str, Any] = field(default_factory=dict)
+    budgets: dict[int, dict[int, Path]] = field(default_factory=dict)
+    """With [budgets]: updates -> {seed: finished run} at each budget, the full one included."""
+    budget_failed: dict[int, dict[int, str]] = field(default_factory=dict)
+    """updates -> {seed: status} of the branches that did not finish."""
+    stable: list[Path] = field(default_factory=list)
+    """With [budgets]: the stable runs the branches left (their records count in the campaign's cost)."""
 
     @property
     def first(self) -> Path:
@@ -63,6 +69,13 @@ def _from_campaign(directory: Path, index: int, v: dict[str, Any]) -> VariantRec
         else:
             record.failed[run["seed"]] = run.get("status", "pending")
     record.sweep = [e | {"dir": directory / e["dir"]} for e in v.get("sweep", [])]
+    for budget in v.get("budgets", []):
+        for run in budget["runs"]:
+            finished = (directory / run["dir"] / "result.json").is_file()
+            into = record.budgets if finished else record.budget_failed
+            into.setdefault(budget["steps"], {})[run["seed"]] = (directory / run["dir"] if finished
+                                                                  else run.get("status", "pending"))
+    record.stable = [directory / run["dir"] for run in v.get("stable", []) if (directory / run["dir"]).is_dir()]
     return record
 
 
@@ -78,9 +91,26 @@ def _single(name: str, kind: str | None, run_dir: Path) -> VariantRecord:
     return record
 
 
+def budget_steps(records: list[VariantRecord]) -> list[int]:
+    """The budgets (in updates) at which every variant has a finished run, smallest first."""
+    common = set.intersection(*(set(r.budgets) for r in records)) if records else set()
+    return sorted(common)
+
+
+def at_budget(records: list[VariantRecord], steps: int) -> list[VariantRecord]:
+    """The variants as they stand at the budget of `steps` updates: each one's runs are its decay
+    branches of that budget (kind, LR and config unchanged), so every comparison of the report can
+    be made at that budget too."""
+    return [VariantRecord(r.name, r.kind, runs=dict(r.budgets.get(steps, {})),
+                          failed=dict(r.budget_failed.get(steps, {})), lr=r.lr, config=r.config) for r in records]
+
+
 def all_run_dirs(records: list[VariantRecord]) -> list[Path]:
-    """Every run directory a report reads: each variant's finished seed runs and its sweep points."""
-    dirs = [d for r in records for d in r.runs.values()]
+    """Every run directory a report reads: each variant's finished seed runs, its decay branches
+    and its sweep points."""
+    dirs = list(dict.fromkeys([d for r in records for d in r.runs.values()]
+                              + [d for r in records for runs in r.budgets.values() for d in runs.values()]
+                              + [d for r in records for d in r.stable]))
     return dirs + [Path(e["dir"]) for r in records for e in r.sweep if Path(e["dir"]).is_dir()]
 
 

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from llmlab.campaign import aggregate, figures, watch
+from llmlab.campaign import aggregate, budgets as budget_answer, figures, watch
 from llmlab.campaign.findings import findings, loss_hypotheses
 from llmlab.campaign.integrity import run_dirname
 from llmlab.campaign.memory import MEMORY_COLUMNS, describe_budget, memory_budget, memory_table
@@ -227,6 +227,10 @@ def method_section(campaign: dict[str, Any]) -> str:
                      f"{windows}, same tokens for every variant; min_lr scaled with the LR); chosen: {sweep['rule']}.")
     else:
         lines.append("- Learning rate: each variant's config (no sweep in this campaign).")
+    if campaign.get("budgets"):
+        lines.append(f"- Budgets: the full one and fractions {campaign['budgets']['fractions']} of it, by "
+                     f"{campaign['budgets']['method']}: each branch decays off the stable run at the start of its"
+                     " own decay, so it is the WSD run of that budget (with the full run's warm-up).")
     lines.append(f"- Spikes (loss and gradient norm, per run): {SpikeRule().describe()}.")
     lines.append("- Differences: variant − baseline per seed; 95 % paired t interval (scipy) = seed noise. The loss"
                  " hypotheses form one family: beside each raw p its Holm-adjusted p (Holm 1979), and the verdict from"
@@ -247,6 +251,28 @@ def hypotheses_section(rows: list[dict[str, Any]]) -> str:
     return ("## Loss hypotheses (one family, Holm)\n\nSeed CI: paired t over seeds (95 %). Eval-noise CI: paired"
             " bootstrap over test windows with the trained weights fixed (95 %; '-' where per-window losses were not"
             f" recorded). Verdicts on the Holm-adjusted p.\n\n{markdown(table, HYPOTHESIS_COLUMNS)}")
+
+
+BUDGET_COLUMNS: list[Column] = [
+    ("title", "hypothesis", ""), ("updates", "updates", ",d"), ("tokens", "tokens", ",d"), ("n", "paired seeds", "d"),
+    ("mean", "Δ test loss", "+.4f"), ("low", "seed CI low", "+.4f"), ("high", "seed CI high", "+.4f"),
+    ("p_value", "p (raw)", ".3g"), ("p_holm", "p (Holm, this budget)", ".3g"), ("eval_low", "eval-noise CI low", "+.4f"),
+    ("eval_high", "eval-noise CI high", "+.4f"), ("verdict_holm", "verdict (Holm)", ""),
+]
+
+
+def budget_section(rows: list[dict[str, Any]], plot: str | None) -> str:
+    """Each loss hypothesis at every budget of the decay branches, and whether its sign changes."""
+    if not rows:
+        return ""
+    table = [r | {"eval_low": r["bootstrap"].low if r["bootstrap"] else None,
+                  "eval_high": r["bootstrap"].high if r["bootstrap"] else None} for r in rows]
+    signs = "".join(f"- {title}: {budget_answer.sign_change(rs)}.\n"
+                    for title, rs in budget_answer.by_hypothesis(rows).items())
+    return ("## The answer against budget\n\nEach budget's runs are decay branches (WSD, Hägele et al. 2024) of one"
+            " stable run per variant and seed: the run of that budget trained from scratch, with the full run's"
+            " warm-up. Holm within each budget; budgets share their stable runs, so they are not independent tests."
+            f"\n\n{markdown(table, BUDGET_COLUMNS)}\n{signs}{_image(plot)}")
 
 
 def flagged_section(records: list[VariantRecord]) -> str:
@@ -384,6 +410,7 @@ def report_markdown(directory: Path, records: list[VariantRecord], rows: list[di
                     moe_text: str) -> str:
     parts = [f"# Campaign report: {directory.name}\n"]
     hypotheses = loss_hypotheses(records)
+    budget_rows = budget_answer.budget_rows(records)
     if any(r.get("kind") == "ablation" for r in rows):
         parts.append("Variants of kind *ablation* isolate one change; they are exempt from the parameter"
                      " match and are not iso-parameter comparisons.\n")
@@ -397,6 +424,7 @@ def report_markdown(directory: Path, records: list[VariantRecord], rows: list[di
             if diffs:
                 parts.append(f"## Paired differences against {records[0].name}\n\n{markdown(diffs, DIFFERENCE_COLUMNS)}")
             parts.append(hypotheses_section(hypotheses))
+            parts.append(budget_section(budget_rows, plots.get("budgets")))
             parts.append(flagged_section(records))
             parts.append(sweep_section(records, plots.get("lr_sweep")))
     parts += [compute_section(rows), overfit_section(records)]
@@ -413,7 +441,7 @@ def report_markdown(directory: Path, records: list[VariantRecord], rows: list[di
                      " prefill (time to first token) apart; medians of interleaved repeats; speedups are"
                      f" over the no-cache baseline at the same point.\n\n{markdown(sweep, SWEEP_COLUMNS)}"
                      + _image(plots.get("decode")))
-    parts.append(findings(records, memory[0], hypotheses))
+    parts.append(findings(records, memory[0], hypotheses, budget_answer.budget_finding(budget_rows)))
     parts.append(record_section(records))
     return "\n".join(p for p in parts if p)
 
@@ -428,6 +456,7 @@ def draw(directory: Path, records: list[VariantRecord], memory_rows: list[dict[s
         "lr_sweep": figures.lr_sweep(records, directory / "lr_sweep.png"),
         "decode": figures.decode_speed(records, directory / "decode.png"),
         "memory": figures.memory_fit(memory_rows, directory / "memory.png"),
+        "budgets": figures.budget_differences(budget_answer.budget_rows(records), directory / "budgets.png"),
     }
 
 

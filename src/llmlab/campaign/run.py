@@ -31,6 +31,7 @@ from llmlab.infer.generate import generate
 from llmlab.infer.measure import measure_decode
 from llmlab.runs import load_for_inference, read_json, read_metrics, write_json
 from llmlab.train import train
+from llmlab.train.branch import seed_branch
 from llmlab.train.lock import RunLock
 from llmlab.train.loop import TrainingDiverged
 
@@ -75,10 +76,10 @@ def run_campaign(campaign: Campaign, out_dir: str | Path, *, retrain: list[str] 
     write_json(out / "campaign.json", campaign_record(campaign, out, sweep, seeds, outcomes, lrs))
     by_name = {v.name: v for v in campaign.variants}
     for run, fp in seeds:
-        if run.seed == campaign.seeds[0] and outcomes[run.dirname] == "completed":
+        if run.kind == "seed" and run.seed == campaign.seeds[0] and outcomes[run.dirname] == "completed":
             print(f"\n== decode sweep: {run.variant} ({run.dirname})", flush=True)
             _measure(out / run.dirname, campaign.generate, by_name[run.variant], fp["sha256"], remeasure)
-    return [out / run.dirname for run, _ in seeds]
+    return [out / run.dirname for run, _ in seeds if run.kind == "seed"]
 
 
 Prepared = list[tuple[schedule.PlannedRun, dict[str, Any]]]
@@ -92,13 +93,21 @@ def _prepared(runs: list[schedule.PlannedRun], out: Path, identity: integrity.Da
 
 
 def _train_all(planned: Prepared, out: Path, label: str) -> dict[str, str]:
-    """Train each run unless finished; {dirname: "completed" | "diverged"}."""
-    outcomes = {}
+    """Train each run unless finished; {dirname: "completed" | "diverged"}. A decay branch starts
+    from its stable run's checkpoint (trained before it); it counts as diverged when that run did."""
+    outcomes: dict[str, str] = {}
     for i, (run, fp) in enumerate(planned, 1):
         run_dir = out / run.dirname
-        print(f"\n== {label} [{i}/{len(planned)}] {run.variant}, lr {run.lr:g}, seed {run.seed} -> {run_dir}",
-              flush=True)
+        print(f"\n== {label} [{i}/{len(planned)}] {run.variant}, lr {run.lr:g}, seed {run.seed}, "
+              f"{run.steps} updates ({run.kind}) -> {run_dir}", flush=True)
+        if run.stable is not None and outcomes.get(run.stable) == "diverged":
+            print(f"   its stable run {run.stable} diverged: no branch to train", flush=True)
+            outcomes[run.dirname] = "diverged"
+            continue
         integrity.record(run_dir, fp)
+        if run.stable is not None and not _completed(run_dir):
+            step = seed_branch(out / run.stable, run.config, run_dir)
+            print(f"   decay branch: resumes from {run.stable} at update {step}", flush=True)
         outcomes[run.dirname] = train_once(run.config, run_dir)
     return outcomes
 
@@ -230,13 +239,22 @@ def campaign_record(campaign: Campaign, out: Path, sweep: Prepared, seeds: Prepa
     outcomes, lrs = outcomes or {}, lrs or {}
     variants = []
     for v in campaign.variants:
-        runs = [{"seed": r.seed, "dir": r.dirname, "lr": r.lr, "fingerprint": fp["sha256"],
-                 "status": outcomes.get(r.dirname, "pending")} for r, fp in seeds if r.variant == v.name]
+        entry = lambda r, fp: {"seed": r.seed, "dir": r.dirname, "lr": r.lr, "fingerprint": fp["sha256"],  # noqa: E731
+                               "status": outcomes.get(r.dirname, "pending"), "steps": r.steps}
+        mine = [(r, fp) for r, fp in seeds if r.variant == v.name]
+        runs = [entry(r, fp) for r, fp in mine if r.kind == "seed"]
+        budgets = [{"steps": steps, "tokens": steps * v.config.train.tokens_per_update,
+                    "runs": [entry(r, fp) for r, fp in mine if r.steps == steps and r.kind in ("seed", "budget")]}
+                   for steps in sorted({r.steps for r, _ in mine if r.kind == "budget"})]
+        if budgets:
+            budgets.append({"steps": runs[0]["steps"], "tokens": runs[0]["steps"] * v.config.train.tokens_per_update,
+                            "runs": runs})
         variants.append({
             "name": v.name, "dir": integrity.run_dirname(v.name), "ablation": v.ablation, "params": v.params,
             "config": v.config.to_dict(), "lr": lrs.get(v.name),
             "lr_source": "sweep" if campaign.sweep else "config",
             "sweep": sweep_entries(v.name, sweep, outcomes, out) if campaign.sweep else [], "runs": runs,
+            "budgets": budgets, "stable": [entry(r, fp) for r, fp in mine if r.kind == "stable"],
         })
     return {
         "name": campaign.name, "match": campaign.match, "tolerance": campaign.tolerance,
@@ -244,6 +262,8 @@ def campaign_record(campaign: Campaign, out: Path, sweep: Prepared, seeds: Prepa
         "sweep": {"lr": campaign.sweep.lr, "fraction": campaign.sweep.fraction, "rule": schedule.CHOICE_RULE,
                   "seeds": schedule.sweep_seeds(campaign), "eval_windows": campaign.sweep.eval_windows}
         if campaign.sweep else None,
+        "budgets": {"fractions": campaign.budgets.fractions, "method": "decay branches of one stable WSD run per "
+                    "variant and seed (Hägele et al. 2024)"} if campaign.budgets else None,
         "variants": variants,
     }
 

@@ -3,12 +3,22 @@
     <out>/<variant>/sweep/lr-0.002/     one sweep run per grid LR (first seed, sweep.fraction of the budget)
     <out>/<variant>/sweep/lr-0.002-seed-1/   the same LR at a further sweep seed (sweep.seeds)
     <out>/<variant>/seed-0/             the full runs, at the LR the sweep chose (or the config's)
+    <out>/<variant>/stable/seed-0/      with [budgets]: the constant-rate run the decay branches leave
+    <out>/<variant>/budget-120/seed-0/  with [budgets]: the WSD run of 120 updates, branched off it
 
 A run differs from its variant's config in three settings only: `train.lr` (with `train.min_lr`
 scaled by the same factor, so every LR gets the same schedule shape: the cosine ends at the same
 fraction of its peak), `train.seed`, and for sweep runs the budget (`train.max_steps`, warm-up
 compressed in proportion). Everything else -- data, tokens per update, seq_len -- is the
 variant's, so each variant's sweep runs see the same tokens in the same order.
+
+With `[budgets]` (plan.BudgetSpec) each seed run is a decay branch: the stable run (the same
+config at a constant rate after the same warm-up, `train.max_steps` = the latest decay start,
+checkpoints kept at every branch's decay start) trains first, then each budget's branch resumes
+from its decay start (train/branch.py). A branch of a fraction of the budget is the WSD run of
+that many updates *with the full run's warm-up* (not compressed, unlike a sweep run's: the branch
+shares every step before its decay with the stable run); the full budget's branch is exactly the
+seed run a campaign without budgets makes.
 
 The choice rule (stated in the report): the grid LR whose sweep runs have the lowest mean final
 validation loss over the sweep seeds; an LR at which any sweep run diverged (non-finite loss) is
@@ -25,9 +35,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from llmlab.campaign.integrity import run_dirname
-from llmlab.campaign.plan import Campaign, Variant
+from llmlab.campaign.plan import Campaign, Variant, budget_steps
 from llmlab.config import RunConfig, run_config_from_dict
 from llmlab.errors import LLMLabError
+from llmlab.train.branch import branch_start, stable_config
 
 CHOICE_RULE = ("for each variant, the grid learning rate whose sweep runs end with the lowest mean validation "
                "loss over the sweep seeds (a rate at which a run diverged excluded; a tie goes to the smaller rate)")
@@ -40,12 +51,18 @@ is "much worse" (the CPU study's GQA: 2.041 at 2e-3, 2.658 at 4e-3, +30 %)."""
 class PlannedRun:
     variant: str
     kind: str
-    """"sweep" or "seed"."""
+    """"sweep", "seed" (the full budget), "stable" or "budget" (a decay branch of a smaller budget)."""
     lr: float
     seed: int
     dirname: str
     """Relative to the campaign's output folder."""
     config: RunConfig
+    stable: str | None = None
+    """A decay branch's stable run (its dirname): trained first, the branch resumes from it."""
+
+    @property
+    def steps(self) -> int:
+        return self.config.train.total_steps()
 
 
 def lr_label(lr: float) -> str:
@@ -95,10 +112,50 @@ def sweep_runs(campaign: Campaign) -> list[PlannedRun]:
 
 def seed_runs(campaign: Campaign, lrs: dict[str, float]) -> list[PlannedRun]:
     """Every variant at every seed, at its chosen LR; seed-major so that an interrupted campaign
-    has all variants at the first seeds (a paired comparison) before any at the later ones."""
-    return [PlannedRun(v.name, "seed", lrs[v.name], seed, f"{run_dirname(v.name)}/seed-{seed}",
-                       run_config(v.config, lrs[v.name], seed))
-            for seed in campaign.seeds for v in campaign.variants]
+    has all variants at the first seeds (a paired comparison) before any at the later ones. With
+    [budgets], each (variant, seed) is its stable run, then its branches from the smallest budget
+    to the full one."""
+    runs = []
+    for seed in campaign.seeds:
+        for v in campaign.variants:
+            full = PlannedRun(v.name, "seed", lrs[v.name], seed, f"{run_dirname(v.name)}/seed-{seed}",
+                              run_config(v.config, lrs[v.name], seed))
+            runs += budget_runs(campaign, v, full) if campaign.budgets else [full]
+    return runs
+
+
+def budget_runs(campaign: Campaign, variant: Variant, full: PlannedRun) -> list[PlannedRun]:
+    """A (variant, seed)'s stable run and its decay branches, the full budget's (`full`) last."""
+    branches = [PlannedRun(variant.name, "budget", full.lr, full.seed,
+                           f"{run_dirname(variant.name)}/budget-{steps}/seed-{full.seed}",
+                           with_steps(full.config, steps))
+                for steps in (budget_steps(variant.config, f) for f in campaign.budgets.fractions)] + [full]
+    starts = [branch_start(b.config) for b in branches]
+    stable = stable_config(full.config)
+    stable["train"].update(max_steps=max(starts), max_tokens=0, ckpt_at=starts)
+    stable_run = PlannedRun(variant.name, "stable", full.lr, full.seed,
+                            f"{run_dirname(variant.name)}/stable/seed-{full.seed}", run_config_from_dict(stable))
+    return [stable_run] + [PlannedRun(b.variant, b.kind, b.lr, b.seed, b.dirname, b.config, stable_run.dirname)
+                           for b in branches]
+
+
+def with_steps(cfg: RunConfig, steps: int) -> RunConfig:
+    """cfg with a budget of `steps` updates and everything else -- warm-up included -- unchanged."""
+    d = cfg.to_dict()
+    d["train"]["max_steps"], d["train"]["max_tokens"] = steps, 0
+    return run_config_from_dict(d)
+
+
+def budget_cost(campaign: Campaign, variant: Variant) -> float:
+    """Updates a (variant, seed) trains with [budgets], in full runs: its stable run plus every
+    branch's decay (1.0 without budgets). E.g. fractions 0.25 and 0.5 with a 20 % decay: 0.8 + 0.05
+    + 0.1 + 0.2 = 1.15."""
+    if campaign.budgets is None:
+        return 1.0
+    full = run_config(variant.config, variant.config.train.lr, 0)
+    runs = budget_runs(campaign, variant, PlannedRun(variant.name, "seed", full.train.lr, 0, "-", full))
+    decays = sum(r.steps - branch_start(r.config) for r in runs[1:])
+    return (runs[0].steps + decays) / full.train.total_steps()
 
 
 def lr_points(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -24,6 +24,7 @@ from typing import Any
 from llmlab.config import RunConfig
 from llmlab.errors import ConfigError
 from llmlab.runs import METRICS_FILE, ckpt_dir, read_json, read_manifest, write_json, write_manifest
+from llmlab.train.routing_probe import recorded_files, routing_file
 from llmlab.train.schedule import wsd_decay_start
 
 BRANCH_FILE = "branch.json"
@@ -58,12 +59,19 @@ def seed_branch(stable_dir: str | Path, cfg: RunConfig, branch_dir: str | Path) 
     entry = max((e for e in kept if e.step <= step), key=lambda e: e.step, default=None)
     if entry is None:
         raise ConfigError(f"{stable_dir} has no checkpoint at or before step {step}, where the branch's decay "
-                          f"starts (it keeps {[e.step for e in kept]}): train it with train.ckpt_interval dividing "
-                          f"{step} and train.keep_checkpoints high enough to keep every branch point")
+                          f"starts (it keeps {[e.step for e in kept]}): train it with {step} in train.ckpt_at (a "
+                          "checkpoint kept at that very step)")
     ckpt_dir(branch_dir).mkdir(parents=True, exist_ok=True)
     for name in ("env.json", METRICS_FILE):
         if (stable_dir / name).is_file():
             shutil.copyfile(stable_dir / name, branch_dir / name)
+    # An MoE run's router decisions at the evaluations the branch shares with the stable run (the
+    # one a stable run's final evaluation adds at a step no interval names is the stable run's own)
+    interval = cfg.train.eval_interval
+    for recorded, path in recorded_files(stable_dir):
+        if recorded <= entry.step and interval and recorded % interval == 0:
+            routing_file(branch_dir, recorded).parent.mkdir(exist_ok=True)
+            shutil.copyfile(path, routing_file(branch_dir, recorded))
     shutil.copyfile(ckpt_dir(stable_dir) / entry.file, ckpt_dir(branch_dir) / entry.file)
     write_json(branch_dir / BRANCH_FILE, {"stable": str(stable_dir.resolve()), "step": entry.step,
                                           "decay_start": step, "checkpoint_sha256": entry.sha256})

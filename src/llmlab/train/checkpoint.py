@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -50,8 +51,9 @@ class _HashingWriter:
 # Save / prune / clean
 
 
-def save(run_dir: Path, step: int, state: dict[str, Any], keep: int) -> Entry:
-    """Write `state` as the checkpoint of `step`, commit it in the manifest, keep the newest `keep`."""
+def save(run_dir: Path, step: int, state: dict[str, Any], keep: int, pinned: Collection[int] = ()) -> Entry:
+    """Write `state` as the checkpoint of `step`, commit it in the manifest, keep the newest `keep`
+    and every one at a `pinned` step (train.ckpt_at)."""
     directory = ckpt_dir(run_dir)
     directory.mkdir(parents=True, exist_ok=True)
     name = f"step-{step:08d}.pt"
@@ -65,10 +67,12 @@ def save(run_dir: Path, step: int, state: dict[str, Any], keep: int) -> Entry:
     entry = Entry(file=name, step=step, sha256=writer.sha.hexdigest(), bytes=writer.size)
     entries = [e for e in read_manifest(directory) if e.step != step] + [entry]
     entries.sort(key=lambda e: e.step)
-    write_manifest(directory, entries[-keep:])
+    rolling = [e for e in entries if e.step not in pinned]
+    kept = {e.step for e in rolling[-keep:]} | {e.step for e in entries if e.step in pinned}
+    write_manifest(directory, [e for e in entries if e.step in kept])
     # Files are deleted only after the manifest stops naming them: a crash here leaves orphans
     # (removed by clean_stale), never a manifest entry without its file.
-    for old in entries[:-keep]:
+    for old in (e for e in entries if e.step not in kept):
         (directory / old.file).unlink(missing_ok=True)
     return entry
 

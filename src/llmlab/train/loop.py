@@ -252,7 +252,8 @@ def _save(run: Run) -> None:
             "identity": identity(run.cfg.to_dict(), run.meta, run.info.world_size),
             "timed": _timed(run), "metrics_rows": run.writer.rows, "series": run.series.state_dict(),
         }
-        checkpoint.save(run.run_dir, run.step, state, keep=run.cfg.train.keep_checkpoints)
+        checkpoint.save(run.run_dir, run.step, state, keep=run.cfg.train.keep_checkpoints,
+                        pinned=run.cfg.train.ckpt_at)
     distributed.barrier()
     run.saved_step = run.step
 
@@ -283,7 +284,8 @@ def _loop(run: Run, stop: StopRequest) -> str:
             _log_eval(run)
             throughput.restart_clock()
         stopping = any_rank(stop.requested, run.info.device)
-        if stopping or (_due(run.step, tc.ckpt_interval) and run.step < run.total_steps):
+        due = _due(run.step, tc.ckpt_interval) or run.step in tc.ckpt_at
+        if stopping or (due and run.step < run.total_steps):
             _save(run)
             throughput.restart_clock()
         if stopping:

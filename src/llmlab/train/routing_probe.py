@@ -108,7 +108,7 @@ def record_routing(model: nn.Module, probe_BT: torch.Tensor, run_dir: str | Path
     return path
 
 
-def _recorded_files(run_dir: str | Path) -> list[tuple[int, Path]]:
+def recorded_files(run_dir: str | Path) -> list[tuple[int, Path]]:
     """(step, file) of every recorded step, in step order."""
     directory = Path(run_dir) / ROUTING_DIR
     return sorted((int(m.group(1)), p) for p in directory.glob("step_*.pt") if (m := _FILE.fullmatch(p.name)))
@@ -117,14 +117,14 @@ def _recorded_files(run_dir: str | Path) -> list[tuple[int, Path]]:
 def truncate_routing(run_dir: str | Path, step: int) -> None:
     """Delete the records of steps after `step`: on resume from the checkpoint of `step` (-1: none)
     they are about to be replayed, and a leftover would otherwise pass for the final decision."""
-    for recorded, path in _recorded_files(run_dir):
+    for recorded, path in recorded_files(run_dir):
         if recorded > step:
             path.unlink(missing_ok=True)
 
 
 def read_routing(run_dir: str | Path) -> list[tuple[int, torch.Tensor]]:
     """Every recorded (step, (L_moe, N, K) assignments), in step order."""
-    return [(step, torch.load(path, weights_only=True)) for step, path in _recorded_files(run_dir)]
+    return [(step, torch.load(path, weights_only=True)) for step, path in recorded_files(run_dir)]
 
 
 def saturation(assignments: torch.Tensor, final: torch.Tensor) -> float:
@@ -147,5 +147,5 @@ def router_saturation(run_dir: str | Path) -> list[tuple[int, float]]:
     return [(step, saturation(a, final)) for step, a in recorded]
 
 
-__all__ = ["probe_batch", "top_k_assignments", "record_routing", "truncate_routing", "read_routing",
+__all__ = ["probe_batch", "top_k_assignments", "record_routing", "truncate_routing", "read_routing", "recorded_files", "routing_file",
            "saturation", "router_saturation", "ROUTING_DIR", "PROBE_WINDOWS"]
