@@ -391,7 +391,8 @@ def _print_estimate(cost: dict[str, Any]) -> None:
 
     per = cost["per_variant"]
     print(f"\nruns: {cost['runs']} = {len(cost['rows'])} variants x ({per['sweep_runs']} sweep runs + "
-          f"{per['seed_runs']} seeds); {per['full_run_equivalents']:g} full-run equivalents per variant")
+          f"{per['seed_runs']} seed runs{' (stable runs and decay branches)' if per.get('branches') else ''}); "
+          f"{per['full_run_equivalents']:g} full-run equivalents per variant")
     print_table(cost["rows"], [
         ("variant", "variant", ""), ("active", "active (with emb.)", ",d"), ("tokens", "tokens/run", ",d"),
         ("epochs_text", "epochs", ""), ("tokens_per_active_param", "tokens/active param", ".1f"),

@@ -177,7 +177,7 @@ def runs_per_variant(campaign: Campaign) -> dict[str, Any]:
     # with [budgets], each seed is a stable run and its decay branches (schedule.budget_cost)
     per_seed = budget_cost(campaign, campaign.variants[0])
     branches = 1 + (len(campaign.budgets.fractions) + 1 if campaign.budgets else 0)
-    return {"sweep_runs": n_lr, "seed_runs": seeds * branches, "runs": n_lr + seeds * branches,
+    return {"sweep_runs": n_lr, "seed_runs": seeds * branches, "runs": n_lr + seeds * branches, "branches": branches > 1,
             "full_run_equivalents": n_lr * fraction + seeds * per_seed}
 
 
