@@ -426,6 +426,9 @@ def test_study_picks_each_variants_lr_runs_every_seed_and_reports(tmp_path: Path
         assert claim in findings.replace("**", ""), claim
     assert "over 2 paired seeds" in findings and "Verdict:" in findings
     assert "| mqa | mha | 2 |" in md  # the paired-difference table
+    routing = md.split("## MoE routing over training")[1].split("\n## ")[0]
+    assert "| moe | 0 |" in routing and "| moe | 1 |" in routing  # every seed's routing, side by side
+    assert re.search(r"- moe: saturation at the middle evaluation [0-9.]+–[0-9.]+ over 2 seeds", routing)
     assert "lowest mean validation loss" in md and "Spikes (loss and gradient norm, per run)" in md
     # the family of loss hypotheses, with an evaluation-noise interval from the runs' eval_windows.json
     assert "Holm-adjusted over the 3 loss hypotheses p = " in findings

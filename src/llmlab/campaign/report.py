@@ -204,7 +204,7 @@ STABILITY_COLUMNS: list[Column] = [
     ("loss_spike_steps", "at steps", ""), ("grad_spikes", "grad-norm spikes", "d"), ("grad_spike_steps", "at steps", ""),
 ]
 ROUTING_COLUMNS: list[Column] = [
-    ("variant", "variant", ""), ("entropy_first", "router entropy (first)", ".3f"),
+    ("variant", "variant", ""), ("seed", "seed", "d"), ("entropy_first", "router entropy (first)", ".3f"),
     ("entropy_last", "(last)", ".3f"), ("max_entropy", "log E", ".3f"), ("dropped_max", "dropped (max)", ".2%"),
     ("dropped_last", "dropped (last)", ".2%"), ("saturation_mid_step", "saturation at step", ",d"),
     ("saturation_mid", "saturation", ".3f"),
@@ -310,14 +310,15 @@ def _image(name: str | None, alt: str = "") -> str:
 
 
 def moe_section(records: list[VariantRecord], directory: Path) -> tuple[str, list[str]]:
-    """Routing over training for each MoE variant (its first seed): table, heatmap, curves."""
+    """Routing over training for each MoE variant: a table row per seed (entropy, dropped tokens,
+    router saturation, so seeds can be compared), and the first seed's heatmap and curves."""
     rows, images = [], []
     for r in records:
-        metrics = read_metrics(r.first)
-        row = aggregate.routing_row(r.name, r.first, metrics)
-        if row is None or figures.pyplot() is None:
+        seed_rows = [row | {"seed": seed} for seed, d in sorted(r.runs.items())
+                     if (row := aggregate.routing_row(r.name, d, read_metrics(d))) is not None]
+        if not seed_rows or figures.pyplot() is None:
             continue
-        rows.append(row)
+        rows += seed_rows
         slug = run_dirname(r.name)
         heat = figures.moe_load(r.name, r.first, directory / f"moe_load_{slug}.png")
         curves = figures.moe_routing(r.name, r.first, aggregate.router_saturation_or_none(r.first),
@@ -325,9 +326,14 @@ def moe_section(records: list[VariantRecord], directory: Path) -> tuple[str, lis
         images += [x for x in (heat, curves) if x]
     if not rows:
         return "", []
-    text = ("## MoE routing over training\n\nFirst seed of each MoE variant. Router saturation (OLMoE): the share"
-            " of a fixed probe batch's top-k assignments at each evaluation that equal the final step's.\n\n"
-            + markdown(rows, ROUTING_COLUMNS) + "".join(_image(i) for i in images))
+    spread = "".join(f"- {name}: saturation at the middle evaluation {min(v):.3f}–{max(v):.3f} over {len(v)} seeds.\n"
+                     for name in dict.fromkeys(row["variant"] for row in rows)
+                     if len(v := [row["saturation_mid"] for row in rows
+                                  if row["variant"] == name and row["saturation_mid"] is not None]) > 1)
+    text = ("## MoE routing over training\n\nEvery seed of each MoE variant (figures: its first seed). Router"
+            " saturation (OLMoE): the share of a fixed probe batch's top-k assignments at an evaluation that equal"
+            " the final step's; entropy and dropped tokens are interval means of metrics.jsonl.\n\n"
+            + markdown(rows, ROUTING_COLUMNS) + ("\n" + spread if spread else "") + "".join(_image(i) for i in images))
     return text, images
 
 
