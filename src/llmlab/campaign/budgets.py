@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from llmlab.campaign.findings import VERDICT, loss_hypotheses
-from llmlab.campaign.records import VariantRecord, at_budget, budget_steps
+from llmlab.campaign.records import VariantRecord, at_budget, common_budgets
 
 
 def budget_rows(records: list[VariantRecord]) -> list[dict[str, Any]]:
@@ -21,7 +21,7 @@ def budget_rows(records: list[VariantRecord]) -> list[dict[str, Any]]:
     "updates" and "tokens". Empty without [budgets]."""
     tokens_per_update = records[0].config.get("train", {}).get("tokens_per_update") if records else None
     rows = []
-    for steps in budget_steps(records):
+    for steps in common_budgets(records):
         for row in loss_hypotheses(at_budget(records, steps)):
             rows.append(row | {"updates": steps, "tokens": steps * tokens_per_update if tokens_per_update else None})
     return rows

@@ -91,7 +91,7 @@ def _single(name: str, kind: str | None, run_dir: Path) -> VariantRecord:
     return record
 
 
-def budget_steps(records: list[VariantRecord]) -> list[int]:
+def common_budgets(records: list[VariantRecord]) -> list[int]:
     """The budgets (in updates) at which every variant has a finished run, smallest first."""
     common = set.intersection(*(set(r.budgets) for r in records)) if records else set()
     return sorted(common)
