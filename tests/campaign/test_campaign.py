@@ -534,20 +534,23 @@ def test_sweep_and_seeds_are_validated(tmp_path: Path, head: str, message: str) 
 
 
 def test_seed_runs_share_everything_but_lr_and_seed() -> None:
-    """The study's runs: sweep runs at half the budget (warm-up alike), min_lr scaled with the LR."""
+    """The study's runs: sweep runs at half the budget (warm-up alike) on two seeds and 128 validation
+    windows, min_lr scaled with the LR; each seed is a stable run and its three decay branches."""
     from llmlab.campaign.schedule import seed_runs, sweep_runs
 
     campaign = load_campaign(REPO / "configs/campaigns/cpu-study.toml")
     assert campaign.seeds == [0, 1, 2] and campaign.sweep.lr == [5e-4, 1e-3, 2e-3, 4e-3]
     sweep = sweep_runs(campaign)
-    assert len(sweep) == 20 and {r.seed for r in sweep} == {0}  # 5 variants x 4 LRs
+    assert len(sweep) == 40 and {r.seed for r in sweep} == {0, 1}  # 5 variants x 4 LRs x 2 seeds
     first = sweep[0].config.train
-    assert (first.total_steps(), first.warmup, first.lr) == (240, 10, 5e-4)
+    assert (first.total_steps(), first.warmup, first.lr, first.eval_windows) == (240, 10, 5e-4, 128)
     assert first.min_lr == pytest.approx(2e-4 * 5e-4 / 2e-3)
     runs = seed_runs(campaign, {v.name: 1e-3 for v in campaign.variants})
-    assert [r.dirname for r in runs[:6]] == ["base/seed-0", "base-gqa/seed-0", "base-gqa--wider-FFN-/seed-0",
-                                              "base-gqa-moe/seed-0", "base-gqa--kv-only-/seed-0", "base/seed-1"]
-    assert {r.config.train.total_steps() for r in runs} == {480}
+    assert len(runs) == 60  # 3 seeds x 5 variants x (stable + 3 branches)
+    assert [(r.dirname, r.steps) for r in runs[:5]] == [
+        ("base/stable/seed-0", 384), ("base/budget-120/seed-0", 120), ("base/budget-240/seed-0", 240),
+        ("base/seed-0", 480), ("base-gqa/stable/seed-0", 384)]
+    assert {r.config.train.total_steps() for r in runs if r.kind == "seed"} == {480}
 
 
 def test_a_run_of_the_single_run_layout_is_refused_not_mixed(tmp_path: Path) -> None:
