@@ -85,7 +85,8 @@ def test_125m_campaign_plans_about_four_and_a_half_epochs() -> None:
 def test_plan_command_prints_runs_and_wall_time() -> None:
     out = subprocess.run([sys.executable, "-m", "llmlab", "plan", str(REPO / "configs/campaigns/cpu-study.toml"),
                           "--memory-gb", "1"], capture_output=True, text=True, check=True).stdout
-    assert "runs: 35 = 5 variants x (4 sweep runs + 3 seeds)" in out
+    assert ("runs: 100 = 5 variants x (8 sweep runs + 12 seed runs (stable runs and decay branches)); "
+            "7.45 full-run equivalents per variant") in out
     assert "sweep and seeds included: A100 " in out and "MFU (bf16 peak): A100 40% (assumed); H100 40% (assumed)" in out
     assert "smallest resolvable test-loss difference (estimate): ~0.032 nats/token" in out
 
