@@ -338,7 +338,7 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
                         "baseline's measured in benchmarks/results/gpu-*.json for that GPU, else an assumed 0.40)")
     p.add_argument("--seed-std", type=float, default=None, metavar="NATS",
                    help="seed standard deviation of the test loss for the resolvable-difference estimate "
-                        "(default 0.014: the CPU study's, pooled over its compared arms)")
+                        "(default 0.011: the CPU study's, pooled over its compared arms)")
     p.add_argument("--measure-cpu", action="store_true",
                    help="time a few training steps of each variant on this CPU for a CPU wall-time estimate")
     p.add_argument("--json", action="store_true")

@@ -125,3 +125,13 @@ def test_budget_finding_names_each_budget() -> None:
     text = budget_finding(rows)
     assert "H: 100 updates +0.2000 [+0.1000, +0.3000] contradicted; 200 updates -0.0100" in text
     assert "not resolved at this budget; the sign changes between 100 and 200 updates." in text
+
+
+def test_training_time_counts_a_branch_s_copied_rows_once() -> None:
+    """A decay branch carries its stable run's metrics rows: the report's training time is the union
+    of the runs' spans, not their sum (the v2 study's first report said 123 of 56 minutes)."""
+    from llmlab.campaign.records import covered_seconds
+
+    stable, branch, next_run = (0.0, 80.0), (0.0, 100.0), (120.0, 150.0)  # the branch starts at the stable's rows
+    assert covered_seconds([branch, next_run, stable]) == 100.0 + 30.0
+    assert covered_seconds([]) == 0.0

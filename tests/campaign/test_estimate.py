@@ -88,7 +88,7 @@ def test_plan_command_prints_runs_and_wall_time() -> None:
     assert ("runs: 100 = 5 variants x (8 sweep runs + 12 seed runs (stable runs and decay branches)); "
             "7.45 full-run equivalents per variant") in out
     assert "sweep and seeds included: A100 " in out and "MFU (bf16 peak): A100 40% (assumed); H100 40% (assumed)" in out
-    assert "smallest resolvable test-loss difference (estimate): ~0.032 nats/token" in out
+    assert "smallest resolvable test-loss difference (estimate): ~0.025 nats/token" in out
 
 
 @pytest.mark.parametrize("tier, arms, lrs, fraction, seeds", [
@@ -186,8 +186,8 @@ def test_resolution_and_dropout_are_stated_estimates(tmp_path: Path) -> None:
 
     campaign = load_campaign(campaign_file(tmp_path, max_tokens=40_960, split_tokens=20_480))
     r = estimate(campaign)["resolution"]
-    assert r["estimate"] and r["seeds"] == 3 and r["seed_std"] == 0.014 and "CPU study" in r["seed_std_source"]
-    assert r["resolvable"] == pytest.approx(stats.t.ppf(0.975, 4) * 0.014 * (2 / 3) ** 0.5)
+    assert r["estimate"] and r["seeds"] == 3 and r["seed_std"] == 0.011 and "CPU study" in r["seed_std_source"]
+    assert r["resolvable"] == pytest.approx(stats.t.ppf(0.975, 4) * 0.011 * (2 / 3) ** 0.5)
     other = estimate(campaign, seed_std=0.03)
     assert other["resolution"]["seed_std_source"] == "--seed-std" and other["resolution"]["resolvable"] > r["resolvable"]
     assert (recommended_dropout(None), recommended_dropout(1.0), recommended_dropout(4.0), recommended_dropout(4.5)) == \

@@ -46,10 +46,11 @@ from llmlab.model.moe import expert_capacity
 DEFAULT_MFU = 0.40
 # The GPU proof's records (llmlab.bench.gpu_check): gpu-<slug>.json, one per card it ran on.
 GPU_RESULTS_DIR = Path(__file__).resolve().parents[3] / "benchmarks" / "results"
-# Seed standard deviation of the final test loss assumed by the plan: the CPU study's, pooled over
-# its compared (non-ablation) arms -- base 0.0048, base+gqa 0.0210, base+gqa+moe 0.0109 nats/token,
-# 3 seeds each (docs/results/cpu-study/report.md) -- an estimate until a 125M campaign measures its own.
-ASSUMED_SEED_STD = 0.014
+# Seed standard deviation of the final test loss assumed by the plan: the CPU study's (v2,
+# 2026-12-07), pooled over its compared (non-ablation) arms -- base 0.0033, base+gqa 0.0128, wider
+# FFN 0.0161, base+gqa+moe 0.0084 nats/token, 3 seeds each: 0.0112 (docs/results/cpu-study/report.md)
+# -- an estimate until a 125M campaign measures its own.
+ASSUMED_SEED_STD = 0.011
 SEED_STD_SOURCE = "the CPU study's seed sd pooled over its compared arms (docs/results/cpu-study)"
 # Above this many epochs repeated tokens are worth clearly less than new ones (Muennighoff et al.
 # 2023, "Scaling Data-Constrained Language Models": up to ~4 epochs nearly as good as unique data),

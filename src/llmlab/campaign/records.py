@@ -117,9 +117,10 @@ def all_run_dirs(records: list[VariantRecord]) -> list[Path]:
 def provenance(run_dirs: list[Path]) -> dict[str, Any]:
     """Where and when the records were made, from their env.json and metrics.jsonl: the machines,
     the llmlab commits (a campaign resumed across code changes shows several), the first start and
-    the last write (training, evaluation and the decode sweep's infer.json) and the summed
-    training time. Wall time is the campaign's cost on that machine, not a property of the models."""
-    machines, commits, starts, ends, train_s = set(), set(), [], [], 0.0
+    the last write (training, evaluation and the decode sweep's infer.json) and the time spent
+    training (the union of the runs' spans). Wall time is the campaign's cost on that machine, not
+    a property of the models."""
+    machines, commits, starts, ends, spans = set(), set(), [], [], []
     for run_dir in run_dirs:
         env = read_json(run_dir / "env.json") if (run_dir / "env.json").is_file() else {}
         machines.add(f"{env.get('device_name') or env.get('platform', '?')} ({env.get('device', '?')}, "
@@ -130,12 +131,23 @@ def provenance(run_dirs: list[Path]) -> dict[str, Any]:
         if times:
             starts.append(min(times))
             ends.append(max(times))
-            train_s += max(times) - min(times)
+            spans.append((min(times), max(times)))
         if (run_dir / "infer.json").is_file():
             ends.append((run_dir / "infer.json").stat().st_mtime)
     return {"runs": len(run_dirs), "machines": sorted(machines), "commits": sorted(commits),
             "first_start": min(starts) if starts else None, "last_write": max(ends) if ends else None,
-            "training_s": train_s}
+            "training_s": covered_seconds(spans)}
+
+
+def covered_seconds(spans: list[tuple[float, float]]) -> float:
+    """Seconds covered by the union of (start, end) spans: a decay branch carries its stable run's
+    metrics rows (and their times), which must not count twice."""
+    total, reach = 0.0, float("-inf")
+    for start, end in sorted(spans):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
 
 
 def result(run_dir: Path) -> dict[str, Any]:

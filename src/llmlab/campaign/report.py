@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import io
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,9 @@ SECTION_NOTES = {
     "Quality": "Mean ± sample standard deviation over seeds (seed s drives initialisation and data order, the"
                " same for every variant); bits per byte everywhere, word-level perplexity only where the corpus"
                " defines words (WikiText).\n\n",
-    "Speed": "Decode tokens/s at the sweep's smallest batch and longest context (all points: Decode sweep).\n\n",
+    "Speed": "Train tok/s: the median over the variant's seed runs (each run's rate over its own timed updates;"
+             " a busy machine lowers it: `llmlab bench train` compares speed side by side). Decode tokens/s at the"
+             " sweep's smallest batch and longest context, on the seed-0 weights (all points: Decode sweep).\n\n",
     "MoE routing": "Each row of metrics.jsonl averages every update since the previous row; the table gives the"
                    " mean over the last 5 rows of each seed, averaged over the variant's seeds.\n\n",
 }
@@ -86,6 +89,13 @@ def routing_over_seeds(record: VariantRecord) -> dict[str, float]:
     """routing_summary averaged over every finished seed of the variant (not its first alone)."""
     summaries = [x for d in record.runs.values() if (x := routing_summary(read_metrics(d)))]
     return {key: sum(x[key] for x in summaries) / len(summaries) for key in summaries[0]} if summaries else {}
+
+
+def train_rate_over_seeds(record: VariantRecord) -> dict[str, float]:
+    """The median training tokens/s over the variant's finished seed runs: one run that shared the
+    machine with other work does not stand for the variant (its own rate is in its result.json)."""
+    rates = [r for d in record.runs.values() if (r := result_record(d).get("tokens_per_s"))]
+    return {"train_tokens_per_s": statistics.median(rates)} if rates else {}
 
 
 def variant_row(name: str, run_dir: Path) -> dict[str, Any]:
@@ -473,7 +483,8 @@ def write_report(directory: str | Path, memory_gb: float | None = None) -> dict[
     if not directory.is_dir():
         raise LLMLabError(f"{directory} is not a directory: pass a campaign output (e.g. runs/demo)")
     records, campaign = load_records(directory)
-    rows = [variant_row(r.name, r.first) | routing_over_seeds(r) | aggregate.quality_row(r) | {"kind": r.kind}
+    rows = [variant_row(r.name, r.first) | train_rate_over_seeds(r) | routing_over_seeds(r) | aggregate.quality_row(r)
+            | {"kind": r.kind}
             for r in records]
     memory = memory_section(records, memory_gb)
     plots = draw(directory, records, memory[0])
