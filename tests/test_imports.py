@@ -19,7 +19,7 @@ CASES = {
     "llmlab.runs": ("torch", "llmlab.train", "llmlab.bench", "llmlab.campaign", "llmlab.infer"),
     "llmlab.timing": ("llmlab.train", "llmlab.bench", "llmlab.campaign", "llmlab.infer"),
     "llmlab.infer": ("llmlab.train", "llmlab.bench", "llmlab.campaign"),
-    "llmlab.infer.run": ("llmlab.train", "llmlab.bench", "llmlab.campaign"),
+    "llmlab.infer.command": ("llmlab.train", "llmlab.bench", "llmlab.campaign"),
     "llmlab.model": ("llmlab.data", "llmlab.train", "llmlab.infer", "llmlab.bench", "llmlab.campaign"),
     "llmlab.data.loader": ("llmlab.model", "llmlab.train", "llmlab.infer", "llmlab.bench", "llmlab.campaign"),
     "llmlab.data.prepare": ("torch", "llmlab.model", "llmlab.train", "llmlab.campaign"),

@@ -108,7 +108,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from llmlab.infer.run import generate_from_source
+    from llmlab.infer.command import generate_from_source
 
     out = generate_from_source(
         args.source,
@@ -261,7 +261,7 @@ def _add_tokenizer(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_tokenizer_fetch(args: argparse.Namespace) -> int:
-    from llmlab.data.tokenizers import fetch_gpt2
+    from llmlab.data.gpt2_ranks import fetch_gpt2
 
     out = fetch_gpt2()
     if args.json:
@@ -272,7 +272,7 @@ def _cmd_tokenizer_fetch(args: argparse.Namespace) -> int:
 
 
 def _cmd_tokenizer_train(args: argparse.Namespace) -> int:
-    from llmlab.data.tokenizers import train_bpe
+    from llmlab.data.bpe import train_bpe
 
     out = train_bpe(args.dataset, args.vocab_size, args.out, source_dir=args.source_dir)
     if args.json:

@@ -22,7 +22,8 @@ from typing import Any
 from llmlab.bench.common import emit_json, environment, print_table
 from llmlab.data.encode import ParallelEncoder, chunk_documents, usable_cpus
 from llmlab.data.prepare import prepare
-from llmlab.data.sources import SPLITS, Source, get_source
+from llmlab.data.corpus import SPLITS, Source
+from llmlab.data.sources import get_source
 from llmlab.data.tokenizers import GPT2Tokenizer, Tokenizer, get_tokenizer
 from llmlab.data.wikitext import RAW_FILES
 from llmlab.timing import median, time_round_robin

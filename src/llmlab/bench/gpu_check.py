@@ -57,7 +57,7 @@ from llmlab.model.accounting import count
 from llmlab.model.kv_cache import KVCache
 from llmlab.model.mlp import mlp_params
 from llmlab.model.moe import expert_capacity
-from llmlab.runs import read_json, write_json
+from llmlab.files import read_json, write_json
 from llmlab.timing import intra_op_threads, sync
 from llmlab.train.metrics import mfu, peak_flops
 from llmlab.train.setup import autocast_dtype

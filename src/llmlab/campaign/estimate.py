@@ -39,7 +39,7 @@ from llmlab.campaign.plan import Campaign, Variant
 from llmlab.campaign.schedule import budget_cost
 from llmlab.campaign.stats import resolvable_difference
 from llmlab.config import MoEConfig, ModelConfig
-from llmlab.data.sources import WIKITEXT
+from llmlab.data.corpus import WIKITEXT
 from llmlab.model.mlp import mlp_params
 from llmlab.model.moe import expert_capacity
 

@@ -15,7 +15,8 @@ import numpy as np
 from llmlab.campaign.aggregate import by_seed, routing_over_training
 from llmlab.campaign.records import VariantRecord, infer
 from llmlab.campaign.schedule import lr_points
-from llmlab.runs import read_metrics, write_bytes_atomic
+from llmlab.files import write_bytes_atomic
+from llmlab.runs import read_metrics
 
 
 def pyplot() -> Any:

@@ -20,7 +20,7 @@ from llmlab.campaign.plan import Campaign
 from llmlab.config import DataConfig, RunConfig, flatten
 from llmlab.device import resolve_device, resolve_dtype
 from llmlab.errors import ConfigError
-from llmlab.runs import read_json, write_json
+from llmlab.files import read_json, write_json
 
 FINGERPRINT_FILE = "fingerprint.json"
 # Settings that change neither the weights nor the record's figures: where files are and how often

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from llmlab.errors import LLMLabError
-from llmlab.runs import read_json, read_metrics
+from llmlab.files import read_json
+from llmlab.runs import read_metrics
 
 
 @dataclass

@@ -28,7 +28,8 @@ from llmlab.campaign.records import infer as infer_record, result as result_reco
 from llmlab.campaign.schedule import CLIFF, choice_flags, lr_points
 from llmlab.campaign.stats import OutlierRule
 from llmlab.errors import LLMLabError
-from llmlab.runs import read_metrics, write_bytes_atomic
+from llmlab.files import write_bytes_atomic
+from llmlab.runs import read_metrics
 
 Column = tuple[str, str, str]  # (key, header, format)
 TABLES: list[tuple[str, list[Column]]] = [  # one markdown table each: a wide one would not read

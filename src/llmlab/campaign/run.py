@@ -29,7 +29,9 @@ from llmlab.campaign.report import write_report
 from llmlab.device import resolve_device, resolve_dtype
 from llmlab.infer.generate import generate
 from llmlab.infer.measure import measure_decode
-from llmlab.runs import load_for_inference, read_json, read_metrics, write_json
+from llmlab.files import read_json, write_json
+from llmlab.infer.load import load_for_inference
+from llmlab.runs import read_metrics
 from llmlab.train import train
 from llmlab.train.branch import seed_branch
 from llmlab.train.lock import RunLock

@@ -22,11 +22,12 @@ from typing import Any
 from llmlab.config import DataConfig
 from llmlab.data.encode import ParallelEncoder, chunk_documents, default_workers
 from llmlab.data.meta import FORMAT, META_FILE, read_meta
-from llmlab.data.sources import SPLITS, Source, dataset_label, get_source
+from llmlab.data.corpus import SPLITS, Source, dataset_label
+from llmlab.data.sources import get_source
 from llmlab.data.tokenfile import TokenFileWriter, token_dtype
 from llmlab.data.tokenizers import Tokenizer, describe, get_tokenizer, short_hash, tokenizer_label
 from llmlab.errors import DataError
-from llmlab.runs import sha256_file, write_json
+from llmlab.files import fsync_dir, sha256_file, write_json
 
 LOCK_FILE = ".prepare.lock"
 
@@ -204,9 +205,7 @@ def _install(tmp: Path, out: Path, names: list[str]) -> None:
         os.replace(tmp / name, out / name)
     os.replace(tmp / META_FILE, out / META_FILE)
     with contextlib.suppress(OSError):  # persist the renames (not possible on every platform)
-        fd = os.open(out, os.O_RDONLY)
-        os.fsync(fd)
-        os.close(fd)
+        fsync_dir(out)
 
 
 @contextlib.contextmanager

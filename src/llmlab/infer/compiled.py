@@ -64,7 +64,7 @@ import torch
 import torch._inductor.config
 from torch._dynamo.utils import compilation_time_metrics, counters
 
-from llmlab.infer.generate import DecodeFn, check_compile, check_threads, decode_context, decode_step
+from llmlab.infer.step import DecodeFn, check_threads, decode_context, decode_step, parse_compile_mode
 from llmlab.model import GPT
 from llmlab.model.kv_cache import KVCache
 from llmlab.model.moe import check_compilable
@@ -146,7 +146,7 @@ def compiled_decode_step(model: GPT, batch_size: int, cache_len: int, warm_pos: 
     nothing it leaves is ever read. decode_threads: compile at this count only (None: chosen by
     timing on a CPU, see the module docstring). verbose: show inductor's autotuning tables.
     """
-    mode = check_compile(mode) or "default"
+    mode = parse_compile_mode(mode) or "default"
     check_threads(decode_threads)
     device, dtype = model.lm_head.weight.device, model.lm_head.weight.dtype
     base = (batch_size, cache_len, str(device), dtype, mode)

@@ -23,7 +23,9 @@ from typing import Any
 
 from llmlab.config import RunConfig
 from llmlab.errors import ConfigError
-from llmlab.runs import METRICS_FILE, ckpt_dir, read_json, read_manifest, write_json, write_manifest
+from llmlab.checkpoint import ckpt_dir, read_manifest, write_manifest
+from llmlab.files import read_json, write_json
+from llmlab.runs import METRICS_FILE
 from llmlab.train.routing_probe import recorded_files, routing_file
 from llmlab.train.schedule import wsd_decay_start
 

@@ -29,8 +29,10 @@ from torch import nn
 from llmlab.config import RunConfig
 from llmlab.errors import LLMLabError
 from llmlab.model.moe import check_compilable, dispatch_advice
-from llmlab.runs import write_eval_windows, write_json
-from llmlab.train import checkpoint, distributed
+from llmlab.files import write_json
+from llmlab.runs import write_eval_windows
+from llmlab import checkpoint
+from llmlab.train import distributed
 from llmlab.train.evaluate import evaluate_split
 from llmlab.train.distributed import DistInfo, any_rank, broadcast_object, gather_objects
 from llmlab.train.lock import RunDirBusy, RunLock

@@ -18,7 +18,8 @@ from typing import Any, TextIO
 
 import torch
 
-from llmlab.runs import METRICS_FILE, read_metrics, write_bytes_atomic
+from llmlab.files import write_bytes_atomic
+from llmlab.runs import METRICS_FILE, read_metrics
 
 WALL_CLOCK_FIELDS = ("time", "tokens_per_s", "mfu", "mem_mb", "first_step_s")
 """Fields of a metrics row that depend on the moment and the process, not on the run: a run

@@ -16,7 +16,7 @@ import torch
 
 from llmlab.config import dump_toml, flatten
 from llmlab.errors import CheckpointError
-from llmlab.runs import write_bytes_atomic
+from llmlab.files import write_bytes_atomic
 
 # Settings a resumed run must share with its checkpoint, besides the whole [model] table and the
 # data identity: they fix which windows each update sees (the loader cuts each epoch's permutation

@@ -93,7 +93,7 @@ def record_routing(model: nn.Module, probe_BT: torch.Tensor, run_dir: str | Path
     built once per session) at `step`, in eval mode. Every rank runs the forward (so that it works
     under FSDP); only `write=True` (rank 0) writes. Returns the file written; None for a dense
     model or a rank that does not write."""
-    from llmlab.runs import write_bytes_atomic
+    from llmlab.files import write_bytes_atomic
     from llmlab.train.step import eval_context
 
     with eval_context(model):
