@@ -36,8 +36,10 @@ INFER_FILE = "infer.json"
 
 
 def is_finished(run_dir: str | Path) -> bool:
-    """A run is finished once its result.json is written (the last file a run writes)."""
-    return (Path(run_dir) / RESULT_FILE).is_file()
+    """A run is finished once its result.json -- the last file a run writes -- says "completed"
+    (the one question train, campaign and report ask of a run directory)."""
+    path = Path(run_dir) / RESULT_FILE
+    return path.is_file() and read_json(path).get("status") == "completed"
 
 
 def resolve_run_dir(path: str | Path) -> Path:

@@ -46,7 +46,7 @@ from llmlab.bench.compile_check import compile_check
 from llmlab.bench.infer import hf_peer, hf_static_compiled_run
 from llmlab.bench.train import our_step, warm_up
 from llmlab.config import ModelConfig, load_model_config, load_run_config
-from llmlab.device import resolve_dtype
+from llmlab.device import autocast_dtype, resolve_dtype
 from llmlab.errors import ConfigError
 from llmlab.infer import generate
 from llmlab.infer.compiled import compiled_decode_step
@@ -60,7 +60,6 @@ from llmlab.model.moe import expert_capacity
 from llmlab.files import read_json, write_json
 from llmlab.timing import intra_op_threads, sync
 from llmlab.train.metrics import mfu, peak_flops
-from llmlab.train.setup import autocast_dtype
 
 VARIANTS = {"base": "base-125m", "gqa": "gqa-125m", "gqa+moe": "gqa-moe-125m"}
 DRY_VARIANTS = {"base": "tiny", "gqa": "tiny-gqa", "gqa+moe": "tiny-moe"}
@@ -165,7 +164,7 @@ def train_rate(run_config: str, p: Plan, variant: str, overrides: list[str] = ()
         sets.append(f"train.micro_batch_size={p.batch_size}")
     cfg = load_run_config(f"configs/runs/{run_config}.toml", sets)
     device = torch.device(p.device)
-    amp = autocast_dtype(cfg.train, device)
+    amp = autocast_dtype(cfg.train.dtype, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     step = our_step(cfg, device, amp, compiled=p.train_compiled)

@@ -153,8 +153,7 @@ def interleaved_rates(steps: dict[str, Callable[[], None]], device: torch.device
 
 
 def _resolve(args: argparse.Namespace) -> tuple[RunConfig, torch.device, torch.dtype | None]:
-    from llmlab.device import resolve_device
-    from llmlab.train.setup import autocast_dtype
+    from llmlab.device import autocast_dtype, resolve_device
 
     overrides = list(args.set)
     if args.batch_size:
@@ -166,7 +165,7 @@ def _resolve(args: argparse.Namespace) -> tuple[RunConfig, torch.device, torch.d
     overrides.append("train.tokens_per_update=0")  # one micro-batch per step
     cfg = load_run_config(args.config, overrides)
     device = resolve_device(cfg.train.device)
-    return cfg, device, autocast_dtype(cfg.train, device)
+    return cfg, device, autocast_dtype(cfg.train.dtype, device)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from llmlab.config import DataConfig, RunConfig, flatten
 from llmlab.device import resolve_device, resolve_dtype
 from llmlab.errors import ConfigError
 from llmlab.files import read_json, write_json
+from llmlab.runs import CONFIG_FILE
 
 FINGERPRINT_FILE = "fingerprint.json"
 # Settings that change neither the weights nor the record's figures: where files are and how often
@@ -111,7 +112,7 @@ def variants_to_retrain(campaign: Campaign, out: Path, retrain: list[str]) -> li
         folder = out / run_dirname(name)
         if name in retrain and folder.is_dir():
             stale.append(_deletable(folder))
-        elif (folder / FINGERPRINT_FILE).is_file() or (folder / "config.toml").is_file():
+        elif (folder / FINGERPRINT_FILE).is_file() or (folder / CONFIG_FILE).is_file():
             raise ConfigError(f"{folder} holds a run of the single-run layout (runs now go to "
                               f"{folder}/seed-N): --retrain {name!r} or use a fresh --out")
     return stale
@@ -119,7 +120,7 @@ def variants_to_retrain(campaign: Campaign, out: Path, retrain: list[str]) -> li
 
 def _deletable(folder: Path) -> Path:
     """folder, after checking it holds run records (so --retrain never deletes anything else)."""
-    if any(folder.iterdir()) and not any(folder.rglob(FINGERPRINT_FILE)) and not (folder / "config.toml").is_file():
+    if any(folder.iterdir()) and not any(folder.rglob(FINGERPRINT_FILE)) and not (folder / CONFIG_FILE).is_file():
         raise ConfigError(f"--retrain: {folder} holds no run record (no {FINGERPRINT_FILE}, no config.toml); "
                           "not deleting it")
     return folder

@@ -29,7 +29,7 @@ from llmlab.campaign.schedule import CLIFF, choice_flags, lr_points
 from llmlab.campaign.stats import OutlierRule
 from llmlab.errors import LLMLabError
 from llmlab.files import write_bytes_atomic
-from llmlab.runs import read_metrics
+from llmlab.runs import CONFIG_FILE, read_metrics
 
 Column = tuple[str, str, str]  # (key, header, format)
 TABLES: list[tuple[str, list[Column]]] = [  # one markdown table each: a wide one would not read
@@ -161,7 +161,7 @@ def memory_section(records: list[VariantRecord], memory_gb: float | None) -> tup
 
     device = resolve_device("auto")
     budget, source = memory_budget(memory_gb, device)
-    configs = [(r.name, load_run_config(r.first / "config.toml"), r.kind == "ablation") for r in records]
+    configs = [(r.name, load_run_config(r.first / CONFIG_FILE), r.kind == "ablation") for r in records]
     dtype_bytes = _inference_dtype_bytes(records[0].first, device)
     seq_len = configs[0][1].train.seq_len
     rows = memory_table([(n, c.model, a) for n, c, a in configs], seq_len, budget, dtype_bytes)

@@ -17,7 +17,6 @@ again), and one process at a time works in a folder (`run_and_report` holds its 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ from llmlab.infer.generate import generate
 from llmlab.infer.measure import measure_decode
 from llmlab.files import read_json, write_json
 from llmlab.infer.load import load_for_inference
-from llmlab.runs import read_metrics
+from llmlab.runs import INFER_FILE, is_finished, read_metrics, read_result
 from llmlab.train import train
 from llmlab.train.branch import seed_branch
 from llmlab.train.lock import RunLock
@@ -107,7 +106,7 @@ def _train_all(planned: Prepared, out: Path, label: str) -> dict[str, str]:
             outcomes[run.dirname] = "diverged"
             continue
         integrity.record(run_dir, fp)
-        if run.stable is not None and not _completed(run_dir):
+        if run.stable is not None and not is_finished(run_dir):
             step = seed_branch(out / run.stable, run.config, run_dir)
             print(f"   decay branch: resumes from {run.stable} at update {step}", flush=True)
         outcomes[run.dirname] = train_once(run.config, run_dir)
@@ -118,7 +117,7 @@ def train_once(cfg: Any, run_dir: Path) -> str:
     """"completed" or "diverged". A finished run is not retrained; a run that diverged (a
     non-finite loss: its metrics end with a "diverged" event) is not retried -- it would diverge
     again from the same checkpoint -- and counts as a failed point (the sweep excludes it)."""
-    if _completed(run_dir):
+    if is_finished(run_dir):
         print("   already trained (result.json present, same fingerprint); skipping", flush=True)
         return "completed"
     if _diverged(run_dir):
@@ -149,7 +148,7 @@ def sweep_entries(name: str, sweep: Prepared, outcomes: dict[str, str], out: Pat
         if run.variant != name:
             continue
         status = outcomes.get(run.dirname, "pending")
-        result = read_json(out / run.dirname / "result.json") if status == "completed" else {}
+        result = read_result(out / run.dirname) if status == "completed" else {}
         entries.append({"lr": run.lr, "dir": run.dirname, "status": status, "val_loss": result.get("val_loss"),
                         "steps": run.config.train.total_steps(), "seed": run.seed})
     return entries
@@ -157,7 +156,7 @@ def sweep_entries(name: str, sweep: Prepared, outcomes: dict[str, str], out: Pat
 
 def _measure(run_dir: Path, spec: GenerateSpec, variant: Variant, config_sha: str, remeasure: bool) -> None:
     """Write infer.json unless it holds a measurement of this very spec (and not remeasure)."""
-    path = run_dir / "infer.json"
+    path = run_dir / INFER_FILE
     want = measurement_spec(spec, variant, config_sha)
     if path.is_file() and not remeasure:
         old = read_json(path).get("spec")
@@ -274,6 +273,3 @@ def _diverged(run_dir: Path) -> bool:
     return any(r.get("event") == "diverged" for r in read_metrics(run_dir)) if run_dir.is_dir() else False
 
 
-def _completed(run_dir: Path) -> bool:
-    path = run_dir / "result.json"
-    return path.is_file() and json.loads(path.read_text()).get("status") == "completed"

@@ -28,11 +28,11 @@ from llmlab.config import RunConfig
 from llmlab.data.loader import eval_batches
 from llmlab.data.corpus import WIKITEXT
 from llmlab.errors import CheckpointError, ConfigError
-from llmlab.device import resolve_device
+from llmlab.device import autocast_dtype, resolve_device
 from llmlab.infer.load import load_run_model
 from llmlab.runs import resolve_run_dir
 from llmlab.train.distributed import DistInfo
-from llmlab.train.setup import autocast_dtype, compile_fn, prepare_data
+from llmlab.train.setup import compile_fn, prepare_data
 from llmlab.train.step import EvalFn, bind_eval_loss, eval_context, evaluate_windows
 
 SPLITS = ("val", "test")
@@ -97,7 +97,7 @@ def evaluate_run(run_dir: str | Path, split: str = "val", device: str = "auto",
     if stride is not None and not 1 <= stride <= cfg.train.seq_len:
         raise ConfigError(f"--stride ({stride}) must be between 1 and the run's seq_len ({cfg.train.seq_len})")
     data_dir, meta = prepare_data(cfg.data, info)
-    amp = autocast_dtype(cfg.train, info.device)
+    amp = autocast_dtype(cfg.train.dtype, info.device)
     windows = max_windows if max_windows is not None else (cfg.train.eval_windows if split == "val" else None)
     fn = compile_fn(bind_eval_loss(model, amp), cfg.train)
     figures = evaluate_split(fn, model, cfg, data_dir, meta, split, windows, info.device, stride)

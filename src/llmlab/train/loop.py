@@ -16,7 +16,6 @@ loader, and the counters. Run directory (DESIGN.md section 2):
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -28,9 +27,10 @@ from torch import nn
 
 from llmlab.config import RunConfig
 from llmlab.errors import LLMLabError
+from llmlab.device import autocast_dtype
 from llmlab.model.moe import check_compilable, dispatch_advice
 from llmlab.files import write_json
-from llmlab.runs import write_eval_windows
+from llmlab.runs import ENV_FILE, RESULT_FILE, is_finished, read_result, write_eval_windows
 from llmlab import checkpoint
 from llmlab.train import distributed
 from llmlab.train.evaluate import evaluate_split
@@ -41,7 +41,7 @@ from llmlab.train.optim import build_optimizer, set_lr
 from llmlab.train.record import check_resumable, environment, identity, training_changes, write_config
 from llmlab.train.routing_probe import probe_batch, record_routing, truncate_routing
 from llmlab.train.schedule import lr_at
-from llmlab.train.setup import autocast_dtype, build_model, compile_fn, prepare_data, rng_state, set_rng_state
+from llmlab.train.setup import build_model, compile_fn, prepare_data, rng_state, set_rng_state
 from llmlab.train.signals import EXIT_DIVERGED, EXIT_OK, EXIT_STOPPED, StopRequest
 from llmlab.train.step import EvalFn, LossHead, StepResult, bind_eval_loss, train_step
 
@@ -144,7 +144,7 @@ def _build(cfg: RunConfig, run_dir: Path, info: DistInfo) -> Run:
     tc = cfg.train
     grad_accum = tc.grad_accum(info.world_size)  # validates tokens_per_update first
     total_steps = tc.total_steps()
-    amp = autocast_dtype(tc, info.device)
+    amp = autocast_dtype(tc.dtype, info.device)
     check_compilable(cfg.model.moe, compile=tc.compile, dtype=amp, device=info.device)  # before any data
     advice = dispatch_advice(cfg.model.moe, info.device, compile=tc.compile, dtype=amp)
     if advice and info.is_main:  # which MoE dispatch runs on this device, and where it is slow
@@ -175,9 +175,9 @@ def _session(run: Run, stop: StopRequest) -> TrainOutcome:
     state = _load_checkpoint(run)
     if state is not None:
         check_resumable(state["identity"], identity(run.cfg.to_dict(), run.meta, run.info.world_size), run.run_dir)
-        if state["step"] >= run.total_steps and (run.run_dir / "result.json").is_file():
-            print(f"llmlab: {run.run_dir} is complete (step {state['step']}); see result.json", flush=True)
-            return TrainOutcome("completed", state["step"], run.total_steps, json.loads((run.run_dir / "result.json").read_text()))
+        if state["step"] >= run.total_steps and is_finished(run.run_dir):
+            print(f"llmlab: {run.run_dir} is complete (step {state['step']}); see {RESULT_FILE}", flush=True)
+            return TrainOutcome("completed", state["step"], run.total_steps, read_result(run.run_dir))
     if run.info.is_main:
         # Rows logged after the checkpoint (all of them, when a killed run left none) are about to
         # be replayed: drop them, so metrics.jsonl reads as one uninterrupted run; likewise the
@@ -211,7 +211,7 @@ def _start_or_resume(run: Run, state: dict[str, Any] | None) -> None:
         torch.manual_seed(run.cfg.train.seed + run.info.rank)  # dropout stream, distinct per rank
         if run.info.is_main:
             write_config(run.run_dir, run.cfg.to_dict())
-            write_json(run.run_dir / "env.json", environment(run.info.device, _dtype(run), run.info.world_size))
+            write_json(run.run_dir / ENV_FILE, environment(run.info.device, _dtype(run), run.info.world_size))
             run.emit({"event": "start", "step": 0, "total_steps": run.total_steps, "time": time.time()})
         return
     distributed.load_full_state(run.model, run.optimizer, state["model"], state["optimizer"])
@@ -377,7 +377,7 @@ def _finish(run: Run) -> dict[str, Any]:
     }
     if run.info.is_main:
         write_eval_windows(run.run_dir, "test", windows)
-        write_json(run.run_dir / "result.json", result)
+        write_json(run.run_dir / RESULT_FILE, result)
         run.progress.message(
             f"done: val_loss {val['loss']:.4f} (ppl {val['ppl']:.2f}), test_loss {test['loss']:.4f} "
             f"(ppl {test['ppl']:.2f})" + (f", {rate:,.0f} tokens/s" if rate else "")

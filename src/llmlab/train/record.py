@@ -17,6 +17,7 @@ import torch
 from llmlab.config import dump_toml, flatten
 from llmlab.errors import CheckpointError
 from llmlab.files import write_bytes_atomic
+from llmlab.runs import CONFIG_FILE
 
 # Settings a resumed run must share with its checkpoint, besides the whole [model] table and the
 # data identity: they fix which windows each update sees (the loader cuts each epoch's permutation
@@ -28,7 +29,7 @@ RETIRED_KEYS = ("train.micro_batch_size",)
 
 
 def write_config(run_dir: Path, config: dict[str, Any]) -> None:
-    write_bytes_atomic(Path(run_dir) / "config.toml", dump_toml(config).encode())
+    write_bytes_atomic(Path(run_dir) / CONFIG_FILE, dump_toml(config).encode())
 
 
 def git_info() -> dict[str, Any]:

@@ -4,7 +4,6 @@ RNG state. (The per-split figures are in llmlab.train.evaluate.)"""
 from __future__ import annotations
 
 import random
-import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,16 +26,6 @@ def prepare_data(data_cfg: DataConfig, info: DistInfo) -> tuple[Path, dict[str, 
     barrier()
     data_dir = Path(data_cfg.resolved_dir)
     return data_dir, read_meta(data_dir)
-
-
-def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """None = plain fp32. auto: bf16 autocast on CUDA; fp32 on CPU, where bf16 matmuls are
-    hundreds of times slower than fp32 on most chips (DESIGN.md section 5)."""
-    if cfg.dtype == "fp32" or (cfg.dtype == "auto" and device.type != "cuda"):
-        return None
-    if device.type == "cpu":
-        warnings.warn("train.dtype = bf16 on CPU is usually far slower than fp32", stacklevel=2)
-    return torch.bfloat16
 
 
 def build_model(model_cfg: ModelConfig, seed: int, device: torch.device) -> nn.Module:
