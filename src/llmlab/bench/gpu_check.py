@@ -58,7 +58,7 @@ from llmlab.model.kv_cache import KVCache
 from llmlab.model.mlp import mlp_params
 from llmlab.model.moe import expert_capacity
 from llmlab.files import read_json, write_json
-from llmlab.timing import intra_op_threads, sync
+from llmlab.timing import clock, intra_op_threads
 from llmlab.train.metrics import mfu, peak_flops
 
 VARIANTS = {"base": "base-125m", "gqa": "gqa-125m", "gqa+moe": "gqa-moe-125m"}
@@ -169,12 +169,11 @@ def train_rate(run_config: str, p: Plan, variant: str, overrides: list[str] = ()
         torch.cuda.reset_peak_memory_stats(device)
     step = our_step(cfg, device, amp, compiled=p.train_compiled)
     warmup_s = warm_up(step, device, p.warmup_steps)
-    sync(device)
-    t0 = time.perf_counter()
+    t0 = clock(device)
     skipped = sum(not step().applied for _ in range(p.train_steps))
-    sync(device)
+    seconds = clock(device) - t0
     tokens = cfg.train.micro_batch_size * cfg.train.seq_len
-    rate = p.train_steps * tokens / (time.perf_counter() - t0)
+    rate = p.train_steps * tokens / seconds
     peak = peak_flops(device) if amp == torch.bfloat16 else None
     moe = cfg.model.moe
     return {"variant": variant, "config": run_config, "overrides": list(overrides), "compiled": p.train_compiled,

@@ -45,7 +45,7 @@ from llmlab.infer.generate import GenerationTimes, generate_timed
 from llmlab.infer.measure import Run, random_prompt, time_interleaved
 from llmlab.model import GPT
 from llmlab.model.accounting import count
-from llmlab.timing import intra_op_threads, sync
+from llmlab.timing import clock, intra_op_threads
 
 
 def default_config(max_seq_len: int) -> ModelConfig:
@@ -146,16 +146,14 @@ def hf_generate_timed(peer: torch.nn.Module, prompt: torch.Tensor, new: int, use
                       **generate_kwargs: Any) -> tuple[torch.Tensor, GenerationTimes]:
     """HF `generate`, greedy, exactly `new` tokens, timed like `generate_timed` (generate_kwargs:
     more of `generate`'s arguments, e.g. cache_implementation)."""
-    clock = FirstTokenClock()
-    sync(prompt.device)
-    t0 = time.perf_counter()
+    first_token = FirstTokenClock()
+    t0 = clock(prompt.device)
     with torch.no_grad():
         out = peer.generate(prompt, max_new_tokens=new, min_new_tokens=new, do_sample=False, use_cache=use_cache,
-                            pad_token_id=0, attention_mask=torch.ones_like(prompt), streamer=clock,
+                            pad_token_id=0, attention_mask=torch.ones_like(prompt), streamer=first_token,
                             **generate_kwargs)
-    sync(prompt.device)
-    t1 = time.perf_counter()
-    return out, GenerationTimes(clock.first - t0, t1 - clock.first, (new - 1) * prompt.shape[0],
+    t1 = clock(prompt.device)
+    return out, GenerationTimes(first_token.first - t0, t1 - first_token.first, (new - 1) * prompt.shape[0],
                                 decode_threads=torch.get_num_threads())
 
 
@@ -187,10 +185,9 @@ def hf_static_compiled_run(peer: torch.nn.Module, prompt: torch.Tensor, new: int
             return run()
         first[0] = False
         expect, _ = hf_generate_timed(peer, prompt, min(check_tokens, new), True)
-        sync(prompt.device)
-        t0 = time.perf_counter()
+        t0 = clock(prompt.device)
         out, times = run()
-        times.compile_s = time.perf_counter() - t0
+        times.compile_s = clock(prompt.device) - t0
         if not torch.equal(out[:, :expect.shape[1]], expect):
             pos = int((out[:, :expect.shape[1]] != expect).any(dim=0).nonzero()[0]) - prompt.shape[1]
             raise PeerTokensDiffer(f"HF's compiled static-cache generate differs from its eager generate at new "

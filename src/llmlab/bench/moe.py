@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import time
 from typing import Any, Callable
 
 import torch
@@ -37,7 +36,7 @@ from llmlab.config import DISPATCHES, PRECISIONS, MoEConfig
 from llmlab.device import torch_dtype
 from llmlab.model.mlp import MLP
 from llmlab.model.moe import MoE, combine, compute_dtype
-from llmlab.timing import median, sync
+from llmlab.timing import clock, median
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -149,14 +148,12 @@ def time_cases(cases: dict[str, Callable[[], Any]], args: argparse.Namespace) ->
     shared machine falls on all alike, and their median; before that, each case's first call (which
     includes any compilation) is timed apart and args.warmup - 1 more calls are untimed."""
     device = torch.device(args.device)
-    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    process = args.clock == "cpu"
 
     def timed(fn: Callable[[], Any]) -> float:
-        sync(device)
-        t0 = clock()
+        t0 = clock(device, process)
         fn()
-        sync(device)
-        return clock() - t0
+        return clock(device, process) - t0
 
     first = {name: timed(fn) for name, fn in cases.items()}
     for fn in cases.values():

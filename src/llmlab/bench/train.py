@@ -12,7 +12,6 @@ loss, optimizer and thread count. Prints a table, then one JSON line.
 from __future__ import annotations
 
 import argparse
-import time
 from typing import Any, Callable
 
 import torch
@@ -21,7 +20,7 @@ from torch import nn
 
 from llmlab.bench.common import emit_json, environment, print_table
 from llmlab.config import DTYPES, RunConfig, load_run_config
-from llmlab.timing import median, sync
+from llmlab.timing import clock, median
 from llmlab.train.step import StepResult
 
 
@@ -125,12 +124,10 @@ def _batch(cfg: RunConfig, device: torch.device) -> tuple[torch.Tensor, torch.Te
 
 def warm_up(step: Callable[[], None], device: torch.device, n: int) -> float:
     """Seconds for the first n steps (compilation, allocator and kernel warm-up): reported apart."""
-    sync(device)
-    t0 = time.perf_counter()
+    t0 = clock(device)
     for _ in range(n):
         step()
-    sync(device)
-    return time.perf_counter() - t0
+    return clock(device) - t0
 
 
 def interleaved_rates(steps: dict[str, Callable[[], None]], device: torch.device, tokens_per_step: int,
@@ -140,12 +137,10 @@ def interleaved_rates(steps: dict[str, Callable[[], None]], device: torch.device
     rates: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(args.repeats):
         for name, step in steps.items():
-            sync(device)
-            t0 = time.perf_counter()
+            t0 = clock(device)
             for _ in range(args.steps):
                 step()
-            sync(device)
-            rates[name].append(args.steps * tokens_per_step / (time.perf_counter() - t0))
+            rates[name].append(args.steps * tokens_per_step / (clock(device) - t0))
     return rates
 
 

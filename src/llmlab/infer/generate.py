@@ -13,7 +13,6 @@ token) are timed apart by `generate_timed`.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, replace
 from typing import Callable
 
@@ -24,7 +23,7 @@ from llmlab.infer.compiled import compiled_decode_step
 from llmlab.infer.step import (DecodeFn, check_sampling, check_threads, decode_context, decode_step,
                                parse_compile_mode, prefill, sample)
 from llmlab.model import GPT
-from llmlab.timing import intra_op_threads, sync
+from llmlab.timing import clock, intra_op_threads  # at timing boundaries only, never per token
 
 def check_lengths(model: GPT, idx: torch.Tensor, max_new_tokens: int) -> None:
     limit = model.config.max_seq_len
@@ -111,9 +110,9 @@ def generate_timed(model: GPT, idx: torch.Tensor, max_new_tokens: int, use_kv_ca
             compiled, compile_s = compiled_decode_step(model, B, T + max_new_tokens, warm_pos=T, mode=mode,
                                                        decode_threads=decode_threads, verbose=verbose)
             decode_fn, decode_threads, trial = compiled.step, compiled.threads, compiled.thread_trial_ms
-            t0 = _clock(idx.device)
+            t0 = clock(idx.device)
         else:
-            t0 = _clock(idx.device)  # allocating the cache is part of prefill, as in HF's generate()
+            t0 = clock(idx.device)  # allocating the cache is part of prefill, as in HF's generate()
             model.setup_kv_cache(B, T + max_new_tokens)
         ids, times = _generate_cached(model, idx, max_new_tokens, pick, decode_fn or decode_step, compile_s, t0,
                                       decode_threads or torch.get_num_threads())
@@ -131,7 +130,7 @@ def _generate_cached(model: GPT, idx: torch.Tensor, max_new_tokens: int,
     tokens = [idx]
     if max_new_tokens > 0:
         tokens.append(pick(prefill(model, idx)))
-    t1 = _clock(device)
+    t1 = clock(device)
     # One position tensor, advanced in place: no per-step allocation, and the same input to a
     # compiled step at every position.
     input_pos = torch.tensor([T], device=device)
@@ -139,25 +138,19 @@ def _generate_cached(model: GPT, idx: torch.Tensor, max_new_tokens: int,
         for _ in range(max_new_tokens - 1):
             tokens.append(pick(decode_fn(model, tokens[-1], input_pos)))
             input_pos += 1
-        t2 = _clock(device)
+        t2 = clock(device)
     times = GenerationTimes(t1 - t0, t2 - t1, max(max_new_tokens - 1, 0) * idx.shape[0], compile_s, threads)
     return torch.cat(tokens, dim=1), times
 
 
 def _generate_uncached(model: GPT, idx: torch.Tensor, max_new_tokens: int,
                        pick: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, GenerationTimes]:
-    t0 = t1 = _clock(idx.device)
+    t0 = t1 = clock(idx.device)
     for i in range(max_new_tokens):
         logits = model(idx, logits_to_keep=1).logits[:, -1]  # the whole prefix, the head on one position
         idx = torch.cat([idx, pick(logits)], dim=1)
         if i == 0:
-            t1 = _clock(idx.device)  # after the first token: prefill
-    t2 = _clock(idx.device)
+            t1 = clock(idx.device)  # after the first token: prefill
+    t2 = clock(idx.device)
     return idx, GenerationTimes(t1 - t0, t2 - t1, max(max_new_tokens - 1, 0) * idx.shape[0],
                                 decode_threads=torch.get_num_threads())
-
-
-def _clock(device: torch.device) -> float:
-    """perf_counter after the device's queued work (timing boundaries only, never per token)."""
-    sync(device)
-    return time.perf_counter()
