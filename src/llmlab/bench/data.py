@@ -19,7 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from llmlab.bench.common import emit_json, environment, print_table
+from llmlab.bench.common import emit_json, print_table
+from llmlab.environment import machine
 from llmlab.data.encode import ParallelEncoder, chunk_documents, usable_cpus
 from llmlab.data.prepare import prepare
 from llmlab.data.corpus import SPLITS, Source
@@ -134,7 +135,7 @@ def summarize(m: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         "speedup_vs_fastest_single_thread": round(fastest_single["seconds"] / parallel["seconds"], 3),
         "scaling_vs_1_process": round(rows["prepare tokenizer, 1 process"]["seconds"] / parallel["seconds"], 3),
         "end_to_end_over_tokenization": round(e2e["seconds"] / parallel["seconds"], 3),
-        "environment": environment(),
+        "environment": machine(),
     }
 
 

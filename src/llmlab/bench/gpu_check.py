@@ -41,7 +41,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 import llmlab
-from llmlab.bench.common import environment, print_table
+from llmlab.bench.common import print_table
+from llmlab.environment import machine
 from llmlab.bench.compile_check import compile_check
 from llmlab.bench.infer import hf_peer, hf_static_compiled_run
 from llmlab.bench.train import our_step, warm_up
@@ -419,7 +420,7 @@ def gpu_slug(name: str) -> str:
 def new_record(p: Plan, dry_run: bool, budget_s: float) -> dict[str, Any]:
     return {"bench": "gpu_check", "dry_run": dry_run, "budget_s": budget_s,
             "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "llmlab": source_identity(), "gpu": gpu_identity(dry_run), "env": environment(p.device),
+            "llmlab": source_identity(), "gpu": gpu_identity(dry_run), "env": machine(p.device),
             "parts": {name: {"status": "pending", "rows": []} for name in PARTS}}
 
 

@@ -38,7 +38,8 @@ from typing import Any
 import torch
 
 from llmlab.bench.bandwidth import measure_bandwidths
-from llmlab.bench.common import emit_json, environment, print_table
+from llmlab.bench.common import emit_json, print_table
+from llmlab.environment import machine
 from llmlab.config import ModelConfig, load_model_config, to_dict
 from llmlab.errors import ConfigError
 from llmlab.infer.generate import GenerationTimes, generate_timed
@@ -330,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
 def report(args: argparse.Namespace, cfg: ModelConfig, wbytes: int, bandwidth: dict[str, dict[str, float]],
            rows: list[dict[str, Any]], load: list[float]) -> None:
     """The human table, then the one JSON line."""
-    env = environment(args.device)
+    env = machine(args.device)
     bw = bandwidth["weights_sized"]["gb_s"], bandwidth["larger_than_cache"]["gb_s"]
     print(f"prompt {args.prompt_len} + {args.new_tokens} new tokens, {args.device}, rows at "
           f"{', '.join(map(str, args.threads))} threads; weights {wbytes / 1e6:.1f} MB; read bandwidth {bw[0]:.1f} "

@@ -31,7 +31,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from llmlab.bench.common import emit_json, environment, print_table
+from llmlab.bench.common import emit_json, print_table
+from llmlab.environment import machine
 from llmlab.config import DISPATCHES, PRECISIONS, MoEConfig
 from llmlab.device import torch_dtype
 from llmlab.model.mlp import MLP
@@ -289,7 +290,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     phases = breakdown(layers, args) if args.breakdown_tokens else {}
     return {
         "bench": "moe",
-        "env": {**environment(device), "cpu_count": os.cpu_count(), "load_avg_1min": os.getloadavg()[0]},
+        "env": {**machine(device), "cpu_count": os.cpu_count(), "load_avg_1min": os.getloadavg()[0]},
         "dtype": args.dtype,
         "shapes": {"d_model": args.d_model, "n_experts": args.n_experts, "top_k": args.top_k,
                    "d_ff_expert": args.d_ff_expert, "dense_d_ff": args.top_k * args.d_ff_expert,

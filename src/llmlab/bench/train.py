@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmlab.bench.common import emit_json, environment, print_table
+from llmlab.bench.common import emit_json, print_table
+from llmlab.environment import machine
 from llmlab.config import DTYPES, RunConfig, load_run_config
 from llmlab.timing import clock, median
 from llmlab.train.step import StepResult
@@ -222,6 +223,6 @@ def main(argv: list[str] | None = None) -> int:
         "bench": "train", "config": args.config, "overrides": args.set,
         "batch_size": cfg.train.micro_batch_size, "seq_len": cfg.train.seq_len,
         "dtype": str(out["amp"] or torch.float32).removeprefix("torch."), "flops_per_token": out["flops"],
-        "results": rows, "notes": out["notes"], "env": environment(out["device"]),
+        "results": rows, "notes": out["notes"], "env": machine(out["device"]),
     })
     return 0

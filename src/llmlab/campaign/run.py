@@ -26,6 +26,7 @@ from llmlab.campaign import integrity, schedule
 from llmlab.campaign.plan import Campaign, GenerateSpec, Variant
 from llmlab.campaign.report import write_report
 from llmlab.device import resolve_device, resolve_dtype
+from llmlab.environment import machine
 from llmlab.infer.generate import generate
 from llmlab.infer.measure import measure_decode
 from llmlab.files import read_json, write_json
@@ -173,15 +174,16 @@ def measurement_spec(spec: GenerateSpec, variant: Variant, config_sha: str) -> d
     and torch version, the weights."""
     device = _device(variant)
     cases = _cases(spec, device)
+    env = machine(device)
     out = {
         "contexts": spec.contexts, "batch_sizes": spec.batch_sizes, "new_tokens": spec.new_tokens,
         "repeats": spec.repeats, "cases": list(cases), "prompt": spec.prompt,
-        "max_new_tokens": spec.max_new_tokens, "device": str(device),
+        "max_new_tokens": spec.max_new_tokens, "device": env["device"],
         "dtype": str(resolve_dtype("auto", device)).removeprefix("torch."),
-        "threads": torch.get_num_threads(), "torch": torch.__version__, "config_sha256": config_sha,
+        "threads": env["threads"], "torch": env["torch"], "config_sha256": config_sha,
     }
-    if device.type == "cuda":
-        out["gpu"] = torch.cuda.get_device_name(device)
+    if "gpu" in env:
+        out["gpu"] = env["gpu"]
     if "compiled" in cases:
         out["compile_mode"] = spec.compile_mode
     return out

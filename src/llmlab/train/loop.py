@@ -28,6 +28,7 @@ from torch import nn
 from llmlab.config import RunConfig
 from llmlab.errors import LLMLabError
 from llmlab.device import autocast_dtype
+from llmlab.environment import run_environment
 from llmlab.model.moe import check_compilable, dispatch_advice
 from llmlab.files import write_json
 from llmlab.runs import ENV_FILE, RESULT_FILE, is_finished, read_result, write_eval_windows
@@ -38,7 +39,7 @@ from llmlab.train.distributed import DistInfo, any_rank, broadcast_object, gathe
 from llmlab.train.lock import RunDirBusy, RunLock
 from llmlab.train.metrics import MetricsWriter, Progress, StepSeries, Throughput, mfu, peak_flops, peak_memory_mb, routing_stats, truncate_after
 from llmlab.train.optim import build_optimizer, set_lr
-from llmlab.train.record import check_resumable, environment, identity, training_changes, write_config
+from llmlab.train.record import check_resumable, identity, training_changes, write_config
 from llmlab.train.routing_probe import probe_batch, record_routing, truncate_routing
 from llmlab.train.schedule import lr_at
 from llmlab.train.setup import build_model, compile_fn, prepare_data, rng_state, set_rng_state
@@ -211,7 +212,7 @@ def _start_or_resume(run: Run, state: dict[str, Any] | None) -> None:
         torch.manual_seed(run.cfg.train.seed + run.info.rank)  # dropout stream, distinct per rank
         if run.info.is_main:
             write_config(run.run_dir, run.cfg.to_dict())
-            write_json(run.run_dir / ENV_FILE, environment(run.info.device, _dtype(run), run.info.world_size))
+            write_json(run.run_dir / ENV_FILE, run_environment(run.info.device, _dtype(run), run.info.world_size))
             run.emit({"event": "start", "step": 0, "total_steps": run.total_steps, "time": time.time()})
         return
     distributed.load_full_state(run.model, run.optimizer, state["model"], state["optimizer"])
@@ -223,7 +224,7 @@ def _start_or_resume(run: Run, state: dict[str, Any] | None) -> None:
         changes = training_changes(state["config"], run.cfg.to_dict())
         write_config(run.run_dir, run.cfg.to_dict())
         run.emit({"event": "resume", "step": run.step, "changes": changes, "time": time.time(),
-                  "env": environment(run.info.device, _dtype(run), run.info.world_size)})
+                  "env": run_environment(run.info.device, _dtype(run), run.info.world_size)})
         print(f"llmlab: resuming {run.run_dir} at step {run.step}"
               + (f"; changed: {changes}" if changes else ""), flush=True)
 
