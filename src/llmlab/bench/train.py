@@ -22,7 +22,8 @@ from llmlab.bench.common import emit_json, print_table
 from llmlab.environment import machine
 from llmlab.config import DTYPES, RunConfig, load_run_config
 from llmlab.timing import clock, median
-from llmlab.train.step import StepResult
+from llmlab.train.setup import build_model, build_trainable
+from llmlab.train.step import StepResult, train_step
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -49,20 +50,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def our_step(cfg: RunConfig, device: torch.device, amp: torch.dtype | None, compiled: bool) -> Callable[[], StepResult]:
     """llmlab's training step on one fixed batch (model seed 0): each call one update, returning its
     StepResult (`applied` False for a non-finite step, skipped)."""
-    from llmlab.train.optim import build_optimizer
-    from llmlab.train.setup import build_model
-    from llmlab.train.step import LossHead, train_step
-
-    model = build_model(cfg.model, seed=0, device=device)
-    module: nn.Module = LossHead(model, amp, device.type)
-    if compiled:
-        module = torch.compile(module, fullgraph=True, dynamic=False)
-    optimizer = build_optimizer(model, cfg.train, device)
+    parts = build_trainable(cfg, device, amp, seed=0, compile=compiled)
     batch = _batch(cfg, device)
     tc = cfg.train
 
     def step() -> StepResult:
-        return train_step(module, model, optimizer, lambda: batch, 1, tc.grad_clip, device)
+        return train_step(parts.module, parts.model, parts.optimizer, lambda: batch, 1, tc.grad_clip, device)
 
     return step
 
@@ -105,7 +98,6 @@ def _hf_model(cfg: RunConfig, device: torch.device) -> tuple[nn.Module, str]:
     Mixtral (`llmlab.export.hf`), checked to give our logits on the benchmark batch: equal work.
     ExportError when the config has no equivalent or transformers is missing."""
     from llmlab.export.hf import check_same_function, to_transformers
-    from llmlab.train.setup import build_model
 
     ours = build_model(cfg.model, seed=0, device=device)
     peer = to_transformers(ours)

@@ -38,13 +38,13 @@ from llmlab.train.evaluate import evaluate_split
 from llmlab.train.distributed import DistInfo, any_rank, broadcast_object, gather_objects
 from llmlab.train.lock import RunDirBusy, RunLock
 from llmlab.train.metrics import MetricsWriter, Progress, StepSeries, Throughput, mfu, peak_flops, peak_memory_mb, routing_stats, truncate_after
-from llmlab.train.optim import build_optimizer, set_lr
+from llmlab.train.optim import set_lr
 from llmlab.train.record import check_resumable, identity, training_changes, write_config
 from llmlab.train.routing_probe import probe_batch, record_routing, truncate_routing
 from llmlab.train.schedule import lr_at
-from llmlab.train.setup import build_model, compile_fn, prepare_data, rng_state, set_rng_state
+from llmlab.train.setup import build_trainable, compile_fn, prepare_data, rng_state, set_rng_state
 from llmlab.train.signals import EXIT_DIVERGED, EXIT_OK, EXIT_STOPPED, StopRequest
-from llmlab.train.step import EvalFn, LossHead, StepResult, bind_eval_loss, train_step
+from llmlab.train.step import EvalFn, StepResult, bind_eval_loss, train_step
 
 
 class TrainingDiverged(LLMLabError):
@@ -154,18 +154,15 @@ def _build(cfg: RunConfig, run_dir: Path, info: DistInfo) -> Run:
     if info.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # the fp32 leftovers of autocast
         torch.backends.cudnn.allow_tf32 = True
-    model = build_model(cfg.model, tc.seed, info.device)
-    train_module = distributed.wrap_for_training(LossHead(model, amp, info.device.type), model, info, tc.parallelism)
-    # DDP's optimizer splits graphs at gradient-bucket boundaries (overlapping all-reduce with
-    # backward), so fullgraph is for single-process and FSDP runs only.
-    compiled = compile_fn(train_module, tc, fullgraph=not distributed.is_ddp(train_module))
+    parts = build_trainable(cfg, info.device, amp, seed=tc.seed, compile=tc.compile, info=info)
+    model = parts.model
     # Updates of tokens_per_update / seq_len windows: the data order does not depend on micro_batch_size.
     loader = TrainLoader(data_dir, tc.seq_len, tc.micro_batch_size, windows_per_update=tc.tokens_per_update // tc.seq_len,
                          seed=tc.seed, rank=info.rank, world_size=info.world_size, vocab_size=cfg.model.vocab_size)
     return Run(
-        cfg=cfg, run_dir=run_dir, info=info, model=model, train_module=compiled,
+        cfg=cfg, run_dir=run_dir, info=info, model=model, train_module=parts.module,
         eval_fn=compile_fn(bind_eval_loss(model, amp), tc),
-        optimizer=build_optimizer(model, tc, info.device), loader=loader, data_dir=data_dir, meta=meta,
+        optimizer=parts.optimizer, loader=loader, data_dir=data_dir, meta=meta,
         amp_dtype=amp, grad_accum=grad_accum, total_steps=total_steps,
         flops_per_token=count(cfg.model, seq_len=tc.seq_len)["flops_per_token"],
         probe=probe_batch(data_dir, tc.seq_len, cfg.model.vocab_size) if cfg.model.moe is not None else None,
