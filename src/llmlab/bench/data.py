@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from llmlab.bench.common import emit_json, print_table
+from llmlab.tables import emit_json, print_table
 from llmlab.environment import machine
 from llmlab.data.encode import ParallelEncoder, chunk_documents, usable_cpus
 from llmlab.data.prepare import prepare

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 
 from llmlab.bench.bandwidth import measure_bandwidths
-from llmlab.bench.common import emit_json, print_table
+from llmlab.tables import emit_json, print_table
 from llmlab.environment import machine
 from llmlab.config import ModelConfig, load_model_config, to_dict
 from llmlab.errors import ConfigError

@@ -31,7 +31,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from llmlab.bench.common import emit_json, print_table
+from llmlab.tables import emit_json, print_table
 from llmlab.environment import machine
 from llmlab.config import DISPATCHES, PRECISIONS, MoEConfig
 from llmlab.device import torch_dtype

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmlab.bench.common import emit_json, print_table
+from llmlab.tables import emit_json, print_table
 from llmlab.environment import machine
 from llmlab.config import DTYPES, RunConfig, load_run_config
 from llmlab.timing import clock, median

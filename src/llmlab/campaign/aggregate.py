@@ -2,7 +2,7 @@
 stability of every run and the MoE routing over training -- all read from run records.
 
 The statistics are campaign/stats.py's (paired t interval, scipy); the spike rule is
-train/stability.py's; router saturation is train/routing_probe.py's.
+campaign/stability.py's; router saturation is train/routing_probe.py's.
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ def window_bootstrap(records: list[VariantRecord], name: str, against: str, n_re
 def stability_rows(records: list[VariantRecord]) -> list[dict[str, Any]]:
     """Loss and gradient-norm spikes after warm-up for every finished run, seed runs then sweep
     runs (stability.py's rule)."""
-    from llmlab.train.stability import run_stability
+    from llmlab.campaign.stability import run_stability
 
     rows = []
     for record in records:
@@ -175,7 +175,7 @@ def routing_row(name: str, run_dir: Path, metrics: list[dict[str, Any]]) -> dict
     mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
     entropy = [mean(e) for e in over["entropy"] if e]
     dropped = [mean(d) for d in over["dropped"] if d]
-    saturation = router_saturation_or_none(run_dir)
+    saturation = saturation_curve(run_dir)
     middle = saturation[len(saturation) // 2] if saturation else None
     return {
         "variant": name, "max_entropy": math.log(n_experts),
@@ -185,9 +185,10 @@ def routing_row(name: str, run_dir: Path, metrics: list[dict[str, Any]]) -> dict
     }
 
 
-def router_saturation_or_none(run_dir: Path) -> list[tuple[int, float]]:
-    """router_saturation of an MoE run; [] when nothing was recorded (a run without evaluations).
-    Imported when called: routing_probe imports torch."""
+def saturation_curve(run_dir: Path) -> list[tuple[int, float]]:
+    """[(step, router saturation)] of an MoE run; [] when nothing was recorded (a dense run, one
+    without evaluations). routing_probe is imported when called: it needs torch to read the
+    recorded assignments, and `llmlab report` on a run without them stays free of torch."""
     from llmlab.train.routing_probe import router_saturation
 
     return router_saturation(run_dir)

@@ -35,8 +35,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from llmlab.campaign.plan import Campaign, Variant
-from llmlab.campaign.schedule import budget_cost
+from llmlab.campaign.spec import Campaign, Variant
+from llmlab.campaign.runlist import budget_cost
 from llmlab.campaign.stats import resolvable_difference
 from llmlab.config import MoEConfig, ModelConfig
 from llmlab.data.corpus import WIKITEXT
@@ -44,7 +44,7 @@ from llmlab.model.mlp import mlp_params
 from llmlab.model.moe import expert_capacity
 
 DEFAULT_MFU = 0.40
-# The GPU proof's records (llmlab.bench.gpu_check): gpu-<slug>.json, one per card it ran on.
+# The GPU proof's records (llmlab.gpu_check): gpu-<slug>.json, one per card it ran on.
 GPU_RESULTS_DIR = Path(__file__).resolve().parents[3] / "benchmarks" / "results"
 # Seed standard deviation of the final test loss assumed by the plan: the CPU study's, pooled over
 # its compared (non-ablation) arms -- base 0.0048, base+gqa 0.0210, base+gqa+moe 0.0109 nats/token,
@@ -174,7 +174,7 @@ def runs_per_variant(campaign: Campaign) -> dict[str, Any]:
     n_lr = len(campaign.sweep.lr) * max(1, len(campaign.sweep.seeds)) if campaign.sweep else 0  # LRs x sweep seeds
     fraction = campaign.sweep.fraction if campaign.sweep else 0.0
     seeds = len(campaign.seeds)
-    # with [budgets], each seed is a stable run and its decay branches (schedule.budget_cost)
+    # with [budgets], each seed is a stable run and its decay branches (runlist.budget_cost)
     per_seed = budget_cost(campaign, campaign.variants[0])
     branches = 1 + (len(campaign.budgets.fractions) + 1 if campaign.budgets else 0)
     return {"sweep_runs": n_lr, "seed_runs": seeds * branches, "runs": n_lr + seeds * branches, "branches": branches > 1,

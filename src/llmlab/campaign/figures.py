@@ -14,7 +14,7 @@ import numpy as np
 
 from llmlab.campaign.aggregate import by_seed, routing_over_training
 from llmlab.campaign.records import VariantRecord, infer
-from llmlab.campaign.schedule import lr_points
+from llmlab.campaign.runlist import lr_points
 from llmlab.files import write_bytes_atomic
 from llmlab.runs import read_metrics
 

@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from llmlab.campaign.plan import Campaign
+from llmlab.campaign.spec import Campaign
 from llmlab.config import DataConfig, RunConfig, flatten
 from llmlab.device import resolve_device, resolve_dtype
 from llmlab.errors import ConfigError
@@ -32,7 +32,7 @@ IGNORED_KEYS = ("train.log_interval", "train.ckpt_interval", "train.keep_checkpo
 
 def run_dirname(name: str) -> str:
     """A variant's folder name: its name with anything but [A-Za-z0-9-_.] as '-'. Its runs go
-    below it: <variant>/sweep/lr-X and <variant>/seed-N (schedule.py)."""
+    below it: <variant>/sweep/lr-X and <variant>/seed-N (runlist.py)."""
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
 
 

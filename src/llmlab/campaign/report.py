@@ -22,10 +22,10 @@ from llmlab.campaign import aggregate, budgets as budget_answer, figures, watch
 from llmlab.campaign.findings import findings, loss_hypotheses
 from llmlab.campaign.integrity import run_dirname
 from llmlab.campaign.memory import MEMORY_COLUMNS, describe_budget, memory_budget, memory_table
-from llmlab.campaign.plan import FLOPS_GAP, flops_gaps
+from llmlab.campaign.spec import FLOPS_GAP, flops_gaps
 from llmlab.campaign.records import VariantRecord, all_run_dirs, load_records, provenance
 from llmlab.campaign.records import infer as infer_record, result as result_record
-from llmlab.campaign.schedule import CLIFF, choice_flags, lr_points
+from llmlab.campaign.runlist import CLIFF, choice_flags, lr_points
 from llmlab.campaign.stats import OutlierRule
 from llmlab.errors import LLMLabError
 from llmlab.files import write_bytes_atomic
@@ -214,7 +214,7 @@ ROUTING_COLUMNS: list[Column] = [
 
 def method_section(campaign: dict[str, Any]) -> str:
     """How the figures were made: seeds, the LR choice rule, the spike rule, the verdict rule."""
-    from llmlab.train.stability import SpikeRule
+    from llmlab.campaign.stability import SpikeRule
 
     sweep = campaign.get("sweep")
     lines = ["## Method", ""]
@@ -287,7 +287,7 @@ def flagged_section(records: list[VariantRecord]) -> str:
 
 def sweep_section(records: list[VariantRecord], plot: str | None) -> str:
     """Each variant's LR curve (mean final val loss over the sweep seeds per grid LR), the chosen
-    point, and the choices that deserve a second look (schedule.choice_flags)."""
+    point, and the choices that deserve a second look (runlist.choice_flags)."""
     rows = []
     for r in records:
         steps = {e["lr"]: e.get("steps") for e in r.sweep}
@@ -322,7 +322,7 @@ def moe_section(records: list[VariantRecord], directory: Path) -> tuple[str, lis
         rows += seed_rows
         slug = run_dirname(r.name)
         heat = figures.moe_load(r.name, r.first, directory / f"moe_load_{slug}.png")
-        curves = figures.moe_routing(r.name, r.first, aggregate.router_saturation_or_none(r.first),
+        curves = figures.moe_routing(r.name, r.first, aggregate.saturation_curve(r.first),
                                      directory / f"moe_routing_{slug}.png")
         images += [x for x in (heat, curves) if x]
     if not rows:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from llmlab.campaign import aggregate
-from llmlab.campaign.plan import dispatch_text
+from llmlab.campaign.spec import dispatch_text
 from llmlab.campaign.records import VariantRecord, result
 from llmlab.config import RunConfig, load_run_config
 from llmlab.runs import CONFIG_FILE, read_metrics

@@ -66,7 +66,7 @@ from torch._dynamo.utils import compilation_time_metrics, counters
 from llmlab.infer.step import DecodeFn, check_threads, decode_context, decode_step, parse_compile_mode
 from llmlab.model import GPT
 from llmlab.model.kv_cache import KVCache
-from llmlab.model.moe import check_compilable
+from llmlab.model.moe_advice import check_compilable
 from llmlab.timing import clock, intra_op_threads, sync, time_round_robin
 
 TRIAL_ROUNDS, TRIAL_STEPS = 5, 8

@@ -29,7 +29,7 @@ from llmlab.config import RunConfig
 from llmlab.errors import LLMLabError
 from llmlab.device import autocast_dtype
 from llmlab.environment import run_environment
-from llmlab.model.moe import check_compilable, dispatch_advice
+from llmlab.model.moe_advice import check_compilable, dispatch_advice
 from llmlab.files import write_json
 from llmlab.runs import ENV_FILE, RESULT_FILE, is_finished, read_result, write_eval_windows
 from llmlab import checkpoint

@@ -21,7 +21,7 @@ rule runs from the first step after warm-up, with the warm-up steps as its histo
 before per-step values were kept give one sampled value each.
 
 Defaults: window 50, ref 5, threshold 7, floor 1 %, at least 5 earlier values. Gaussian noise reaches 5.5 robust std at most
-over 50,000 synthetic rows, and a jump of 10 noise std scores 9 to 14; tests/train/test_stability.py
+over 50,000 synthetic rows, and a jump of 10 noise std scores 9 to 14; tests/campaign/test_stability.py
 pins an injected spike flagged, and smooth synthetic and real runs clean.
 """
 

@@ -1,4 +1,4 @@
-"""Run a campaign: the learning-rate sweep (schedule.py), then every variant at every seed at its
+"""Run a campaign: the learning-rate sweep (runlist.py), then every variant at every seed at its
 chosen LR (resuming where a run stopped), then the decode sweep with and without the KV cache on
 each variant's first-seed weights. Each run directory is a complete record (fingerprint, config,
 env, metrics, checkpoints, result.json; infer.json for the measured one); campaign.json lists
@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
-from llmlab.campaign import integrity, schedule
-from llmlab.campaign.plan import Campaign, GenerateSpec, Variant
+from llmlab.campaign import integrity, runlist
+from llmlab.campaign.spec import Campaign, GenerateSpec, Variant
 from llmlab.campaign.report import write_report
 from llmlab.device import resolve_device, resolve_dtype
 from llmlab.environment import machine
@@ -64,7 +64,7 @@ def run_campaign(campaign: Campaign, out_dir: str | Path, *, retrain: list[str] 
     out = Path(out_dir)
     identity = integrity.DataIdentities()
     integrity.reset(integrity.variants_to_retrain(campaign, out, list(retrain)))
-    sweep = _prepared(schedule.sweep_runs(campaign), out, identity)
+    sweep = _prepared(runlist.sweep_runs(campaign), out, identity)
     out.mkdir(parents=True, exist_ok=True)
     if sweep and not (out / "campaign.json").exists():
         # A first run: record the sweep in progress. An existing campaign.json stays as it is until
@@ -72,7 +72,7 @@ def run_campaign(campaign: Campaign, out_dir: str | Path, *, retrain: list[str] 
         write_json(out / "campaign.json", campaign_record(campaign, out, sweep, []))
     outcomes = _train_all(sweep, out, "sweep")
     lrs = chosen_lrs(campaign, out, sweep, outcomes)
-    seeds = _prepared(schedule.seed_runs(campaign, lrs), out, identity)
+    seeds = _prepared(runlist.seed_runs(campaign, lrs), out, identity)
     write_json(out / "campaign.json", campaign_record(campaign, out, sweep, seeds, outcomes, lrs))
     outcomes |= _train_all(seeds, out, "seed")
     write_json(out / "campaign.json", campaign_record(campaign, out, sweep, seeds, outcomes, lrs))
@@ -84,10 +84,10 @@ def run_campaign(campaign: Campaign, out_dir: str | Path, *, retrain: list[str] 
     return [out / run.dirname for run, _ in seeds if run.kind == "seed"]
 
 
-Prepared = list[tuple[schedule.PlannedRun, dict[str, Any]]]
+Prepared = list[tuple[runlist.PlannedRun, dict[str, Any]]]
 
 
-def _prepared(runs: list[schedule.PlannedRun], out: Path, identity: integrity.DataIdentities) -> Prepared:
+def _prepared(runs: list[runlist.PlannedRun], out: Path, identity: integrity.DataIdentities) -> Prepared:
     """Each planned run with its fingerprint, after checking every existing record matches."""
     planned = [(run, integrity.fingerprint(run.config, identity(run.config.data))) for run in runs]
     integrity.check_records([(run.variant, out / run.dirname, fp) for run, fp in planned])
@@ -135,10 +135,10 @@ def train_once(cfg: Any, run_dir: Path) -> str:
 
 
 def chosen_lrs(campaign: Campaign, out: Path, sweep: Prepared, outcomes: dict[str, str]) -> dict[str, float]:
-    """Each variant's LR: the sweep's choice (schedule.CHOICE_RULE), else its config's train.lr."""
+    """Each variant's LR: the sweep's choice (runlist.CHOICE_RULE), else its config's train.lr."""
     if campaign.sweep is None:
         return {v.name: v.config.train.lr for v in campaign.variants}
-    return {v.name: schedule.choose_lr(v.name, sweep_entries(v.name, sweep, outcomes, out))
+    return {v.name: runlist.choose_lr(v.name, sweep_entries(v.name, sweep, outcomes, out))
             for v in campaign.variants}
 
 
@@ -262,8 +262,8 @@ def campaign_record(campaign: Campaign, out: Path, sweep: Prepared, seeds: Prepa
     return {
         "name": campaign.name, "match": campaign.match, "tolerance": campaign.tolerance,
         "generate": vars(campaign.generate), "seeds": campaign.seeds,
-        "sweep": {"lr": campaign.sweep.lr, "fraction": campaign.sweep.fraction, "rule": schedule.CHOICE_RULE,
-                  "seeds": schedule.sweep_seeds(campaign), "eval_windows": campaign.sweep.eval_windows}
+        "sweep": {"lr": campaign.sweep.lr, "fraction": campaign.sweep.fraction, "rule": runlist.CHOICE_RULE,
+                  "seeds": runlist.sweep_seeds(campaign), "eval_windows": campaign.sweep.eval_windows}
         if campaign.sweep else None,
         "budgets": {"fractions": campaign.budgets.fractions, "method": "decay branches of one stable WSD run per "
                     "variant and seed (Hägele et al. 2024)"} if campaign.budgets else None,

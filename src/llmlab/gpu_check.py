@@ -41,9 +41,9 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 import llmlab
-from llmlab.bench.common import print_table
+from llmlab.tables import print_table
 from llmlab.environment import machine
-from llmlab.bench.compile_check import compile_check
+from llmlab.audit.compile_check import compile_check
 from llmlab.bench.infer import hf_peer, hf_static_compiled_run
 from llmlab.bench.train import our_step, warm_up
 from llmlab.config import ModelConfig, load_model_config, load_run_config
@@ -65,7 +65,7 @@ from llmlab.train.metrics import mfu, peak_flops
 VARIANTS = {"base": "base-125m", "gqa": "gqa-125m", "gqa+moe": "gqa-moe-125m"}
 DRY_VARIANTS = {"base": "tiny", "gqa": "tiny-gqa", "gqa+moe": "tiny-moe"}
 PARTS = ("tests", "train", "decode", "sdpa", "moe_dispatch", "compile_check")
-REPO = Path(llmlab.__file__).resolve().parents[2]  # the tree this llmlab was imported from
+REPO = Path(llmlab.__file__).resolve().parents[2]  # the tree this llmlab was imported from (src/llmlab/..)
 
 
 @dataclass

@@ -1,5 +1,6 @@
-"""The benchmark output contract: a human table, then exactly one JSON line, which carries what the
-figures were measured on (llmlab.environment.machine). Timing itself is llmlab.timing."""
+"""The output contract of every benchmark and check: a human table, then exactly one JSON line
+(which carries what the figures were measured on: llmlab.environment.machine). Timing itself is
+llmlab.timing."""
 
 from __future__ import annotations
 

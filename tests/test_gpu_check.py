@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from llmlab.bench import gpu_check
-from llmlab.bench.gpu_check import PARTS, executed_flops_per_token, main, plan, run_parts
+from llmlab import gpu_check
+from llmlab.gpu_check import PARTS, executed_flops_per_token, main, plan, run_parts
 from llmlab.config import ModelConfig, MoEConfig
 from llmlab.errors import ConfigError
 from llmlab.model.accounting import count
