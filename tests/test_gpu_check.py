@@ -17,9 +17,9 @@ import pytest
 import torch
 
 from llmlab import gpu_check
-from llmlab.gpu_check import PARTS, executed_flops_per_token, main, plan, run_parts
 from llmlab.config import ModelConfig, MoEConfig
 from llmlab.errors import ConfigError
+from llmlab.gpu_check import PARTS, executed_flops_per_token, main, plan, run_parts
 from llmlab.model.accounting import count
 from llmlab.train.metrics import peak_flops
 

@@ -38,17 +38,19 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
+from torch._dynamo.utils import counters
+from torch._inductor import cudagraph_utils
 from torch.profiler import ProfilerActivity, profile
 
 import llmlab
-from llmlab.tables import print_table
-from llmlab.environment import machine
 from llmlab.audit.compile_check import compile_check
 from llmlab.bench.infer import hf_peer, hf_static_compiled_run
 from llmlab.bench.train import our_step, warm_up
 from llmlab.config import ModelConfig, load_model_config, load_run_config
 from llmlab.device import autocast_dtype, resolve_dtype
+from llmlab.environment import machine
 from llmlab.errors import ConfigError
+from llmlab.files import read_json, write_json
 from llmlab.infer import generate
 from llmlab.infer.compiled import compiled_decode_step
 from llmlab.infer.generate import decode_context, decode_step, prefill
@@ -58,7 +60,7 @@ from llmlab.model.accounting import count
 from llmlab.model.kv_cache import KVCache
 from llmlab.model.mlp import mlp_params
 from llmlab.model.moe import expert_capacity
-from llmlab.files import read_json, write_json
+from llmlab.tables import print_table
 from llmlab.timing import clock, intra_op_threads
 from llmlab.train.metrics import mfu, peak_flops
 
@@ -251,9 +253,6 @@ def compiled_decode_error(model: GPT, ids: torch.Tensor, prompt_len: int) -> dic
 def cudagraph_skips() -> int:
     """Inductor's count of decode graphs it ran without CUDA graphs (it only logs them). A renamed
     counter would read 0 forever from the defaultdict: refuse to trust one inductor no longer writes."""
-    from torch._dynamo.utils import counters
-    from torch._inductor import cudagraph_utils
-
     if '"cudagraph_skips"' not in inspect.getsource(cudagraph_utils):
         raise RuntimeError("inductor no longer counts counters['inductor']['cudagraph_skips']: update gpu_check")
     return counters["inductor"]["cudagraph_skips"]

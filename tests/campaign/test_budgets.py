@@ -7,13 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
+from test_campaign import REPO, mini, write_campaign  # noqa: F401  (mini: the fixture)
 
 from llmlab.campaign.budgets import budget_finding, sign_change
-from llmlab.campaign.spec import load_campaign
 from llmlab.campaign.runlist import budget_cost, seed_runs
+from llmlab.campaign.spec import load_campaign
 from llmlab.errors import ConfigError
-
-from test_campaign import REPO, mini, write_campaign  # noqa: F401  (mini: the fixture)
 
 WSD = 'schedule = "wsd"\ndecay_frac = 0.25\n'
 

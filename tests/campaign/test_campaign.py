@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from llmlab.campaign.spec import load_campaign, plan_rows
 from llmlab.campaign.report import write_report
+from llmlab.campaign.spec import load_campaign, plan_rows
 from llmlab.config import dump_toml, load_run_config
 from llmlab.errors import ConfigError, LLMLabError
 

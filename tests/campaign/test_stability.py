@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from llmlab.errors import LLMLabError
 from llmlab.campaign.stability import SpikeRule, detect_spikes, run_spikes
+from llmlab.errors import LLMLabError
 
 
 def noisy_curve(seed: int, n: int = 1000) -> tuple[list[int], list[float]]:

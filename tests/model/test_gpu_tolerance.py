@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from llmlab import gpu_check
-from llmlab.gpu_check import compiled_decode_error, planted_mask_bug
 from llmlab.config import load_model_config
+from llmlab.gpu_check import compiled_decode_error, planted_mask_bug
 from llmlab.infer import generate
 from llmlab.infer.compiled import CompiledStep, compiled_decode_step, release
 from llmlab.model import GPT

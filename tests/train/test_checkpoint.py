@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
+from llmlab import checkpoint
 from llmlab.config import load_run_config
 from llmlab.files import sha256_file
-from llmlab import checkpoint
 from llmlab.train import train
 
 

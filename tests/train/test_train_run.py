@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from llmlab import checkpoint
 from llmlab.config import load_run_config
 from llmlab.errors import CheckpointError, ConfigError
 from llmlab.runs import read_eval_windows
-from llmlab import checkpoint
 from llmlab.train import TrainingDiverged, train
 from llmlab.train.lock import RunDirBusy, RunLock
 

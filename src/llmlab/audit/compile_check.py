@@ -20,13 +20,13 @@ import torch
 
 from llmlab.audit.dynamic import quiet, run_checks
 from llmlab.audit.target import Target
-from llmlab.tables import emit_json, print_table
 from llmlab.config import PRECISIONS, ModelConfig, load_model_config, to_dict
 from llmlab.device import autocast_dtype, resolve_dtype
 from llmlab.errors import ConfigError
 from llmlab.infer.generate import decode_step
 from llmlab.model import GPT
 from llmlab.model.moe_advice import check_compilable
+from llmlab.tables import emit_json, print_table
 
 
 def gpt_target(cfg: ModelConfig, *, batch_size: int, seq_len: int, decode_steps: int, device: str) -> Target:

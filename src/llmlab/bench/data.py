@@ -19,14 +19,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from llmlab.tables import emit_json, print_table
-from llmlab.environment import machine
+from llmlab.data.corpus import SPLITS, Source
 from llmlab.data.encode import ParallelEncoder, chunk_documents, usable_cpus
 from llmlab.data.prepare import prepare
-from llmlab.data.corpus import SPLITS, Source
 from llmlab.data.sources import get_source
 from llmlab.data.tokenizers import GPT2Tokenizer, Tokenizer, get_tokenizer
 from llmlab.data.wikitext import RAW_FILES
+from llmlab.environment import machine
+from llmlab.tables import emit_json, print_table
 from llmlab.timing import median, time_round_robin
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
+import importlib.util
 import os
 import time
 from typing import Any
@@ -38,14 +39,15 @@ from typing import Any
 import torch
 
 from llmlab.bench.bandwidth import measure_bandwidths
-from llmlab.tables import emit_json, print_table
-from llmlab.environment import machine
 from llmlab.config import ModelConfig, load_model_config, to_dict
+from llmlab.environment import machine
 from llmlab.errors import ConfigError
+from llmlab.export.hf import ExportError, check_same_function, to_transformers
 from llmlab.infer.generate import GenerationTimes, generate_timed
 from llmlab.infer.measure import Run, random_prompt, time_interleaved
 from llmlab.model import GPT
 from llmlab.model.accounting import count
+from llmlab.tables import emit_json, print_table
 from llmlab.timing import clock, intra_op_threads
 
 
@@ -112,10 +114,6 @@ PEER_CHECK_TOKENS = 32
 def hf_peer(model: GPT, prompt: torch.Tensor) -> torch.nn.Module | None:
     """Our model's weights in transformers (Llama / Mistral / Mixtral, `llmlab.export.hf`), checked
     to give the same logits and greedy tokens on the prompt: equal work. None without transformers."""
-    import importlib.util
-
-    from llmlab.export.hf import ExportError, check_same_function, to_transformers
-
     if importlib.util.find_spec("transformers") is None:
         return None
     try:

@@ -25,18 +25,20 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import os
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from llmlab.tables import emit_json, print_table
-from llmlab.environment import machine
 from llmlab.config import DISPATCHES, PRECISIONS, MoEConfig
 from llmlab.device import torch_dtype
+from llmlab.environment import machine
+from llmlab.export.hf import PeerMismatch, moe_to_transformers
 from llmlab.model.mlp import MLP
 from llmlab.model.moe import MoE, combine, compute_dtype
+from llmlab.tables import emit_json, print_table
 from llmlab.timing import clock, median
 
 
@@ -111,10 +113,6 @@ def make_layers(args: argparse.Namespace, dispatches: list[str]) -> dict[str, nn
 def hf_mixtral_layers(args: argparse.Namespace, layers: dict[str, nn.Module]) -> dict[str, nn.Module]:
     """transformers' MixtralSparseMoeBlock with our MoE's weights (`llmlab.export.hf`), with its
     "eager" and "grouped_mm" experts, each checked to give our layer's dropless output first."""
-    import importlib.util
-
-    from llmlab.export.hf import PeerMismatch, moe_to_transformers
-
     ours = next((layer for layer in layers.values() if isinstance(layer, MoE)), None)
     if args.mlp != "swiglu" or ours is None or importlib.util.find_spec("transformers") is None:
         return {}

@@ -18,10 +18,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmlab.tables import emit_json, print_table
-from llmlab.environment import machine
 from llmlab.config import DTYPES, RunConfig, load_run_config
+from llmlab.device import autocast_dtype, resolve_device
+from llmlab.environment import machine
+from llmlab.export.hf import ExportError
+from llmlab.export.hf import check_same_function, to_transformers
+from llmlab.model.accounting import count
+from llmlab.tables import emit_json, print_table
 from llmlab.timing import clock, median
+from llmlab.train.metrics import mfu, peak_flops
+from llmlab.train.optim import build_optimizer
 from llmlab.train.setup import build_model, build_trainable
 from llmlab.train.step import StepResult, train_step
 
@@ -65,9 +71,6 @@ def _peer_step(cfg: RunConfig, device: torch.device, amp: torch.dtype | None) ->
     weights check runs in eval mode, so training-only work is matched here: no dropout on either
     side (the peer has none), and for MoE the peer adds its router's load-balancing loss as ours
     adds its auxiliary losses."""
-    from llmlab.export.hf import ExportError
-    from llmlab.train.optim import build_optimizer
-
     if cfg.model.dropout > 0:
         raise ExportError(f"model.dropout = {cfg.model.dropout}: the Llama peer trains without dropout, so the "
                           "steps would not do the same work (set model.dropout = 0 to compare)")
@@ -97,8 +100,6 @@ def _hf_model(cfg: RunConfig, device: torch.device) -> tuple[nn.Module, str]:
     """Our model's initial weights (the seed of `our_step`) in transformers' Llama / Mistral /
     Mixtral (`llmlab.export.hf`), checked to give our logits on the benchmark batch: equal work.
     ExportError when the config has no equivalent or transformers is missing."""
-    from llmlab.export.hf import check_same_function, to_transformers
-
     ours = build_model(cfg.model, seed=0, device=device)
     peer = to_transformers(ours)
     check_same_function(ours, peer, _batch(cfg, device)[0])
@@ -141,8 +142,6 @@ def interleaved_rates(steps: dict[str, Callable[[], None]], device: torch.device
 
 
 def _resolve(args: argparse.Namespace) -> tuple[RunConfig, torch.device, torch.dtype | None]:
-    from llmlab.device import autocast_dtype, resolve_device
-
     overrides = list(args.set)
     if args.batch_size:
         overrides.append(f"train.micro_batch_size={args.batch_size}")
@@ -157,9 +156,6 @@ def _resolve(args: argparse.Namespace) -> tuple[RunConfig, torch.device, torch.d
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from llmlab.model.accounting import count
-    from llmlab.train.metrics import mfu, peak_flops
-
     cfg, device, amp = _resolve(args)
     tokens = cfg.train.micro_batch_size * cfg.train.seq_len
     steps, notes = _implementations(cfg, device, amp, args)
@@ -187,7 +183,6 @@ def _implementations(cfg: RunConfig, device: torch.device, amp: torch.dtype | No
     notes: list[str] = []
     if args.no_peer:
         return steps, notes
-    from llmlab.export.hf import ExportError
 
     try:  # a peer that computes something else (PeerMismatch) is an error, not a skip
         step, name = _peer_step(cfg, device, amp)

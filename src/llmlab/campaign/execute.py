@@ -23,14 +23,14 @@ from typing import Any
 import torch
 
 from llmlab.campaign import integrity, runlist
-from llmlab.campaign.spec import Campaign, GenerateSpec, Variant
 from llmlab.campaign.report import write_report
+from llmlab.campaign.spec import Campaign, GenerateSpec, Variant
 from llmlab.device import resolve_device, resolve_dtype
 from llmlab.environment import machine
-from llmlab.infer.generate import generate
-from llmlab.infer.measure import measure_decode
 from llmlab.files import read_json, write_json
+from llmlab.infer.generate import generate
 from llmlab.infer.load import load_for_inference
+from llmlab.infer.measure import measure_decode
 from llmlab.runs import INFER_FILE, is_finished, read_metrics, read_result
 from llmlab.train import train
 from llmlab.train.branch import seed_branch

@@ -18,6 +18,8 @@ from typing import Any
 
 from llmlab.campaign.spec import Campaign
 from llmlab.config import DataConfig, RunConfig, flatten
+from llmlab.data.meta import read_meta
+from llmlab.data.prepare import ensure_prepared
 from llmlab.device import resolve_device, resolve_dtype
 from llmlab.errors import ConfigError
 from llmlab.files import read_json, write_json
@@ -38,9 +40,6 @@ def run_dirname(name: str) -> str:
 
 def data_identity(data: DataConfig) -> dict[str, Any]:
     """Prepare the data when missing (as training would) and return its identity from meta.json."""
-    from llmlab.data.meta import read_meta
-    from llmlab.data.prepare import ensure_prepared
-
     meta = read_meta(ensure_prepared(data))
     return {"data.fingerprint": meta.get("fingerprint"), "tokenizer.hash": meta.get("tokenizer", {}).get("hash")}
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llmlab.config import load_run_config
 from llmlab.errors import LLMLabError
 from llmlab.files import read_json
 from llmlab.runs import CONFIG_FILE, ENV_FILE, INFER_FILE, is_finished, read_metrics, read_result
@@ -82,8 +83,6 @@ def _from_campaign(directory: Path, index: int, v: dict[str, Any]) -> VariantRec
 
 def _single(name: str, kind: str | None, run_dir: Path) -> VariantRecord:
     """One run directory as a variant with one seed (read from its config.toml)."""
-    from llmlab.config import load_run_config
-
     record = VariantRecord(name, kind)
     if is_finished(run_dir):
         cfg = load_run_config(run_dir / CONFIG_FILE)

@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmlab.config import RunConfig, deep_merge, flatten, read_toml, run_config_from_dict
+from llmlab.config import RunConfig, apply_overrides, deep_merge, flatten, read_toml, run_config_from_dict
 from llmlab.errors import ConfigError
 from llmlab.model.accounting import count
 from llmlab.train.schedule import wsd_decay_start
@@ -197,8 +197,6 @@ class Campaign:
 
 def load_campaign(path: str | Path, overrides: list[str] = ()) -> Campaign:
     """Read, merge and validate a campaign; `overrides` (--set) apply to every variant."""
-    from llmlab.config import apply_overrides
-
     path = Path(path)
     data = read_toml(path)
     shared = {k: v for k, v in data.items() if k not in CAMPAIGN_KEYS}

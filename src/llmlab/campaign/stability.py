@@ -34,7 +34,9 @@ from typing import Any
 
 import numpy as np
 
+from llmlab.config import load_run_config
 from llmlab.errors import LLMLabError
+from llmlab.runs import CONFIG_FILE, read_metrics
 
 MAD_TO_STD = 1.4826  # 1 / Phi^-1(3/4): MAD -> std for Gaussian noise
 
@@ -140,9 +142,6 @@ def run_spikes(rows: Iterable[dict[str, Any]], warmup: int, rule: SpikeRule = Sp
 
 def run_stability(run_dir: str | Path, rule: SpikeRule = SpikeRule()) -> dict[str, Any]:
     """`run_spikes` of a run directory: its metrics.jsonl, with the warm-up of its config.toml."""
-    from llmlab.config import load_run_config
-    from llmlab.runs import CONFIG_FILE, read_metrics
-
     warmup = load_run_config(Path(run_dir) / CONFIG_FILE).train.warmup
     return run_spikes(read_metrics(run_dir), warmup, rule)
 

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from llmlab.campaign import aggregate
-from llmlab.campaign.spec import dispatch_text
 from llmlab.campaign.records import VariantRecord, result
+from llmlab.campaign.spec import dispatch_text
 from llmlab.config import RunConfig, load_run_config
+from llmlab.data.meta import META_FILE, read_meta
 from llmlab.runs import CONFIG_FILE, read_metrics
 
 RISE_EVALS = 2
@@ -41,8 +42,6 @@ def rose_at_end(losses: list[float], evals: int = RISE_EVALS) -> bool:
 def epochs_trained(run_dir: Path, cfg: RunConfig | None = None) -> float | None:
     """Tokens trained over the training split's tokens (meta.json of the run's data), or None
     when the data folder is not on this machine."""
-    from llmlab.data.meta import META_FILE, read_meta
-
     cfg = cfg or load_run_config(run_dir / CONFIG_FILE)
     data_dir = Path(cfg.data.resolved_dir)
     tokens = result(run_dir).get("tokens")

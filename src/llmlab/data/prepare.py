@@ -19,10 +19,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from llmlab.config import DataConfig
+from llmlab.data.corpus import SPLITS, Source, dataset_label
 from llmlab.data.encode import ParallelEncoder, chunk_documents, default_workers
 from llmlab.data.meta import FORMAT, META_FILE, read_meta
-from llmlab.data.corpus import SPLITS, Source, dataset_label
 from llmlab.data.sources import get_source
 from llmlab.data.tokenfile import TokenFileWriter, token_dtype
 from llmlab.data.tokenizers import Tokenizer, describe, get_tokenizer, short_hash, tokenizer_label
@@ -245,8 +247,6 @@ def prepare_lock(out: Path, timeout: float | None = None, progress: bool = True)
 
 
 def _progress_bar(progress: bool, total: int | None) -> Any:
-    from tqdm import tqdm
-
     return tqdm(total=total, unit="B", unit_scale=True, disable=not (progress and sys.stderr.isatty()), leave=False)
 
 

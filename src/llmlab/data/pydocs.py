@@ -65,7 +65,7 @@ def load_documents() -> list[tuple[str, str]]:
 
 
 def topic_documents() -> list[tuple[str, str]]:
-    from pydoc_data.topics import topics
+    from pydoc_data.topics import topics  # ~1 MB of text, read only when the corpus is (re)built
 
     return [(f"topic:{key}", topics[key]) for key in sorted(topics) if topics[key].strip()]
 

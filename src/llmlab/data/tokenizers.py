@@ -101,7 +101,7 @@ class GPT2Tokenizer(Tokenizer):
 
     @functools.cached_property
     def _enc(self) -> Any:  # tiktoken.Encoding
-        import tiktoken
+        import tiktoken  # on first use, like the tables: a process that needs only the hash never loads it
 
         return tiktoken.Encoding(
             name="gpt2", pat_str=GPT2_PAT_STR, mergeable_ranks=self._load_ranks(),
@@ -155,7 +155,7 @@ class BPETokenizer(Tokenizer):
     """A byte-level BPE trained by `train_bpe` (Hugging Face `tokenizers`), read from tokenizer.json."""
 
     def __init__(self, path: str | Path) -> None:
-        from tokenizers import Tokenizer as HFTokenizer
+        from tokenizers import Tokenizer as HFTokenizer  # only a trained-BPE run loads HF tokenizers
 
         path = Path(path)
         if not path.is_file():

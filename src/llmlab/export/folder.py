@@ -78,7 +78,7 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str = "hf", force: boo
 
 def _save_model(hf: Any, folder: Path) -> None:
     """save_pretrained without its progress bar (the CLI prints one summary line)."""
-    from transformers.utils import logging as hf_logging
+    from transformers.utils import logging as hf_logging  # optional ([bench] extra): require_transformers ran
 
     was_enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()

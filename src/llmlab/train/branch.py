@@ -21,9 +21,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from llmlab.checkpoint import ckpt_dir, read_manifest, write_manifest
 from llmlab.config import RunConfig
 from llmlab.errors import ConfigError
-from llmlab.checkpoint import ckpt_dir, read_manifest, write_manifest
 from llmlab.files import read_json, write_json
 from llmlab.runs import ENV_FILE, METRICS_FILE
 from llmlab.train.routing_probe import recorded_files, routing_file

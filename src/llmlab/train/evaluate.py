@@ -25,10 +25,10 @@ import torch
 from torch import nn
 
 from llmlab.config import RunConfig
-from llmlab.data.loader import eval_batches
 from llmlab.data.corpus import WIKITEXT
-from llmlab.errors import CheckpointError, ConfigError
+from llmlab.data.loader import eval_batches
 from llmlab.device import autocast_dtype, resolve_device
+from llmlab.errors import CheckpointError, ConfigError
 from llmlab.infer.load import load_run_model
 from llmlab.runs import resolve_run_dir
 from llmlab.train.distributed import DistInfo

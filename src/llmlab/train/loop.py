@@ -25,17 +25,19 @@ from typing import Any, NoReturn
 import torch
 from torch import nn
 
+from llmlab import checkpoint
 from llmlab.config import RunConfig
-from llmlab.errors import LLMLabError
+from llmlab.data.loader import TrainLoader
 from llmlab.device import autocast_dtype
 from llmlab.environment import run_environment
-from llmlab.model.moe_advice import check_compilable, dispatch_advice
+from llmlab.errors import LLMLabError
 from llmlab.files import write_json
+from llmlab.model.accounting import count
+from llmlab.model.moe_advice import check_compilable, dispatch_advice
 from llmlab.runs import ENV_FILE, RESULT_FILE, is_finished, read_result, write_eval_windows
-from llmlab import checkpoint
 from llmlab.train import distributed
-from llmlab.train.evaluate import evaluate_split
 from llmlab.train.distributed import DistInfo, any_rank, broadcast_object, gather_objects
+from llmlab.train.evaluate import evaluate_split
 from llmlab.train.lock import RunDirBusy, RunLock
 from llmlab.train.metrics import MetricsWriter, Progress, StepSeries, Throughput, mfu, peak_flops, peak_memory_mb, routing_stats, truncate_after
 from llmlab.train.optim import set_lr
@@ -139,9 +141,6 @@ def _lock_on_main(lock: RunLock, info: DistInfo) -> None:
 
 
 def _build(cfg: RunConfig, run_dir: Path, info: DistInfo) -> Run:
-    from llmlab.data.loader import TrainLoader
-    from llmlab.model.accounting import count
-
     tc = cfg.train
     grad_accum = tc.grad_accum(info.world_size)  # validates tokens_per_update first
     total_steps = tc.total_steps()
@@ -357,8 +356,6 @@ def _log_eval(run: Run) -> dict[str, float]:
 
 def _finish(run: Run) -> dict[str, Any]:
     """Final checkpoint, validation and test figures, result.json."""
-    from llmlab.model.accounting import count
-
     if run.saved_step != run.step:
         _save(run)
     val = _log_eval(run)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import torch
+from tqdm import tqdm
 
 from llmlab.files import write_bytes_atomic
 from llmlab.runs import METRICS_FILE, read_metrics
@@ -196,8 +197,6 @@ class Progress:
         self.enabled = enabled
         self._bar = None
         if enabled and stream.isatty():
-            from tqdm import tqdm
-
             self._bar = tqdm(total=total_steps, initial=start_step, unit="step", file=stream, dynamic_ncols=True)
         self._t0, self._step0 = time.perf_counter(), start_step
 

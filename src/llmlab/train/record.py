@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-
 from llmlab.config import dump_toml, flatten
 from llmlab.errors import CheckpointError
 from llmlab.files import write_bytes_atomic
