@@ -8,7 +8,7 @@ import torch
 
 from llmlab.errors import ConfigError
 from llmlab.infer.generate import generate_timed
-from llmlab.infer.load import load_source
+from llmlab.infer.load import load_run_or_config
 from llmlab.infer.step import parse_compile_mode
 
 
@@ -30,7 +30,7 @@ def generate_from_source(source: str, *, prompt: str | None, prompt_ids: str | N
                          batch_size: int = 1, device: str = "cpu", dtype: str = "auto", compile: bool | str = False,
                          decode_threads: int | None = None, verbose: bool = False,
                          overrides: list[str] = ()) -> dict[str, Any]:
-    model, tokenizer = load_source(source, list(overrides), device, seed, dtype)
+    model, tokenizer = load_run_or_config(source, list(overrides), device, seed, dtype)
     vocab = model.config.vocab_size
     if prompt is not None:
         if tokenizer is None:

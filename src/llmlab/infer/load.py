@@ -37,7 +37,7 @@ def load_for_inference(run_dir: str | Path, device: str = "cpu") -> tuple[GPT, A
     return model.eval(), get_tokenizer(cfg.data.tokenizer, cfg.data.tokenizer_file or None)
 
 
-def load_source(source: str, overrides: list[str], device: str, seed: int, dtype: str = "fp32"
+def load_run_or_config(source: str, overrides: list[str], device: str, seed: int, dtype: str = "fp32"
                 ) -> tuple[GPT, Any]:
     """(model in eval mode, tokenizer or None). A directory = a training run; a file = a config."""
     path = Path(source)
