@@ -23,7 +23,7 @@ from llmlab.gpu_check import PARTS, executed_flops_per_token, main, plan, run_pa
 from llmlab.model.accounting import count
 from llmlab.train.metrics import peak_flops
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 
 def bare_copy(dest: Path) -> Path:
