@@ -53,8 +53,8 @@ from llmlab.errors import ConfigError
 from llmlab.files import read_json, write_json
 from llmlab.infer import generate
 from llmlab.infer.compiled import compiled_decode_step
-from llmlab.infer.generate import decode_context, decode_step, prefill
 from llmlab.infer.measure import measure_decode, random_prompt, time_interleaved
+from llmlab.infer.step import decode_context, decode_step, prefill
 from llmlab.model import GPT
 from llmlab.model.accounting import count
 from llmlab.model.kv_cache import KVCache

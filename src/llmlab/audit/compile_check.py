@@ -23,7 +23,7 @@ from llmlab.audit.target import Target
 from llmlab.config import PRECISIONS, ModelConfig, load_model_config, to_dict
 from llmlab.device import autocast_dtype, resolve_dtype
 from llmlab.errors import ConfigError
-from llmlab.infer.generate import decode_step
+from llmlab.infer.step import decode_step
 from llmlab.model import GPT
 from llmlab.model.moe_advice import check_compilable
 from llmlab.tables import emit_json, print_table
