@@ -24,7 +24,8 @@ import torch._functorch.config
 import torch._inductor.config
 
 from llmlab.audit.dynamic import TrainStep, quiet, recompilations, reset
-from llmlab.bench.common import emit_json, environment, print_table
+from llmlab.environment import machine
+from llmlab.tables import emit_json, print_table
 from llmlab.timing import time_round_robin
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "audit"))
@@ -150,7 +151,7 @@ def main(argv: list[str]) -> int:
                         ("decode_eager", "eager tok/s", ""), ("decode_static_recompiles", "dynamic=False recompiles", ""),
                         ("decode_static", "dynamic=False tok/s", "")])
     emit_json({"benchmark": "audit_effects", "backend": args.backend, "repeats": args.repeats, "rows": rows,
-               "env": environment("cpu")})
+               "env": machine("cpu")})
     return 0
 
 

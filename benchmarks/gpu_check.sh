@@ -3,7 +3,7 @@
 # --budget-s, default 480 s): pytest -m gpu, compiled training tokens/s + MFU + peak memory of the
 # 125M arms, eager vs CUDA-graph decode, SDPA kernels per attention shape, MoE dispatch rates,
 # compile-check. Writes <out-dir>/gpu-<gpu name>.json (+ its pytest log and junit XML). The logic
-# lives in llmlab.bench.gpu_check.
+# lives in llmlab.gpu_check.
 #
 #   benchmarks/gpu_check.sh [--out-dir DIR] [--budget-s S] [--parts a,b]   # on a CUDA machine
 #   benchmarks/gpu_check.sh --dry-run                                      # on a CPU: checks the script
@@ -18,4 +18,4 @@ export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 for arg in "$@"; do [ "$arg" = --dry-run ] && export TRITON_INTERPRET=1; done
 PY="${PYTHON:-.venv/bin/python}"
 [ -x "$PY" ] || PY=python3
-exec "$PY" -m llmlab.bench.gpu_check "$@"
+exec "$PY" -m llmlab.gpu_check "$@"

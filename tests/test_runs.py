@@ -1,37 +1,16 @@
-"""llmlab.runs, the run directory as a record: atomic writes, one tolerant metrics reader, clear
-errors for what is not a run."""
+"""llmlab.runs, the run directory as a record: one tolerant metrics reader, which run a folder
+stands for, and clear errors for what is not a run."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from llmlab.errors import CheckpointError, LLMLabError
-from llmlab.runs import load_for_inference, read_json, read_metrics, write_bytes_atomic, write_json
-
-
-def test_write_json_is_atomic_and_sorted_keys_give_identical_bytes(tmp_path):
-    path = tmp_path / "result.json"
-    write_json(path, {"b": 1, "a": [1, 2]})
-    assert read_json(path) == {"b": 1, "a": [1, 2]}
-    assert list(tmp_path.iterdir()) == [path]  # no temp file left behind
-    write_json(tmp_path / "x.json", {"b": 1, "a": 2}, sort_keys=True)
-    write_json(tmp_path / "y.json", {"a": 2, "b": 1}, sort_keys=True)
-    assert (tmp_path / "x.json").read_bytes() == (tmp_path / "y.json").read_bytes()
-
-
-def test_a_failed_write_leaves_the_old_file(tmp_path, monkeypatch):
-    path = tmp_path / "config.toml"
-    write_bytes_atomic(path, b"old")
-
-    def no_disk(fd: int) -> None:
-        raise OSError("disk full")
-
-    monkeypatch.setattr("llmlab.runs.os.fsync", no_disk)
-    with pytest.raises(OSError, match="disk full"):
-        write_bytes_atomic(path, b"new")
-    assert path.read_bytes() == b"old"
+from llmlab.infer.load import load_for_inference
+from llmlab.runs import read_metrics, resolve_run_dir
 
 
 def test_metrics_reader_skips_only_a_cut_last_line(tmp_path):
@@ -45,14 +24,22 @@ def test_metrics_reader_skips_only_a_cut_last_line(tmp_path):
         read_metrics(tmp_path)
 
 
-def test_bad_records_are_one_line_errors(tmp_path):
-    with pytest.raises(LLMLabError, match="no such file"):
-        read_json(tmp_path / "missing.json")
-    (tmp_path / "bad.json").write_text("{")
-    with pytest.raises(LLMLabError, match="bad.json: invalid JSON"):
-        read_json(tmp_path / "bad.json")
+def test_what_is_not_a_run_is_a_one_line_error(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="not a run directory"):
         load_for_inference(tmp_path)
     (tmp_path / "config.toml").write_text("[train]\nmax_steps = 1\n")
     with pytest.raises(CheckpointError, match="no usable checkpoint"):
         load_for_inference(tmp_path)
+
+
+def test_a_variant_folder_stands_for_its_seed_0_run_and_a_campaign_names_its_runs(tmp_path: Path, capsys) -> None:
+    """`llmlab generate runs/demo/base` after `make demo`: the variant folder picks seed-0, and says so;
+    a folder of several variants names the runs inside instead of guessing."""
+    for run in ("base/seed-0", "base/seed-1", "base-gqa/seed-0"):
+        (tmp_path / run).mkdir(parents=True)
+        (tmp_path / run / "config.toml").write_text("")
+    assert resolve_run_dir(tmp_path / "base/seed-1") == tmp_path / "base/seed-1"
+    assert resolve_run_dir(tmp_path / "base") == tmp_path / "base/seed-0"
+    assert "variant folder: using its seed-0 run" in capsys.readouterr().err
+    with pytest.raises(CheckpointError, match=r"holds the runs base-gqa/seed-0, base/seed-0, base/seed-1: pass one"):
+        resolve_run_dir(tmp_path)

@@ -108,7 +108,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from llmlab.infer.run import generate_from_source
+    from llmlab.infer.command import generate_from_source
 
     out = generate_from_source(
         args.source,
@@ -261,7 +261,7 @@ def _add_tokenizer(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_tokenizer_fetch(args: argparse.Namespace) -> int:
-    from llmlab.data.tokenizers import fetch_gpt2
+    from llmlab.data.gpt2_ranks import fetch_gpt2
 
     out = fetch_gpt2()
     if args.json:
@@ -272,7 +272,7 @@ def _cmd_tokenizer_fetch(args: argparse.Namespace) -> int:
 
 
 def _cmd_tokenizer_train(args: argparse.Namespace) -> int:
-    from llmlab.data.tokenizers import train_bpe
+    from llmlab.data.bpe import train_bpe
 
     out = train_bpe(args.dataset, args.vocab_size, args.out, source_dir=args.source_dir)
     if args.json:
@@ -308,7 +308,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# compile-check (its own arguments: see llmlab.bench.compile_check)
+# compile-check (its own arguments: see llmlab.audit.compile_check)
 
 
 def _add_compile_check(sub: argparse._SubParsersAction) -> None:
@@ -319,7 +319,7 @@ def _add_compile_check(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_compile_check(args: argparse.Namespace) -> int:
-    from llmlab.bench.compile_check import main as compile_check_main
+    from llmlab.audit.compile_check import main as compile_check_main
 
     return compile_check_main(args.rest)
 
@@ -351,17 +351,18 @@ def _add_memory_gb(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from llmlab.bench.common import print_table
+    from llmlab.tables import print_table
     from llmlab.campaign.estimate import estimate
     from llmlab.campaign.memory import MEMORY_COLUMNS, campaign_memory
-    from llmlab.campaign.plan import flops_gaps, load_campaign, plan_rows
+    from llmlab.campaign.spec import flops_gaps, load_campaign, plan_rows
+    from llmlab.model.moe_advice import advice_by_variant
 
     campaign = load_campaign(args.campaign, args.set)
     rows = plan_rows(campaign)
     first = campaign.variants[0].config
     memory, budget = campaign_memory([(v.name, v.config.model, v.ablation) for v in campaign.variants],
                                      first.train.seq_len, first.train.device, args.memory_gb)
-    advice = _dispatch_advice(campaign)
+    advice = advice_by_variant({v.name: v.config for v in campaign.variants})
     cost = estimate(campaign, mfu=args.mfu, measure_cpu=args.measure_cpu, seed_std=args.seed_std)
     gaps = flops_gaps([(v.name, v.params["flops_per_token"], v.ablation) for v in campaign.variants])
     if args.json:
@@ -387,7 +388,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _print_estimate(cost: dict[str, Any]) -> None:
-    from llmlab.bench.common import print_table
+    from llmlab.tables import print_table
 
     per = cost["per_variant"]
     print(f"\nruns: {cost['runs']} = {len(cost['rows'])} variants x ({per['sweep_runs']} sweep runs + "
@@ -417,21 +418,6 @@ def _print_estimate(cost: dict[str, Any]) -> None:
         print(f"warning: {warning}")
 
 
-def _dispatch_advice(campaign: Any) -> dict[str, str]:
-    """llmlab.model.moe.dispatch_advice's line for each MoE variant, on its training device."""
-    from llmlab.device import resolve_device, resolve_dtype
-    from llmlab.model.moe import dispatch_advice
-
-    out: dict[str, str] = {}
-    for v in campaign.variants:
-        device = resolve_device(v.config.train.device)
-        message = dispatch_advice(v.config.model.moe, device, compile=v.config.train.compile,
-                                  dtype=resolve_dtype(v.config.train.dtype, device))
-        if message:
-            out[v.name] = message
-    return out
-
-
 def _add_campaign(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("campaign", help="LR sweep per variant, every variant at every seed, decode sweep, report")
     p.add_argument("campaign", help="a campaign TOML (configs/campaigns/*.toml)")
@@ -451,8 +437,8 @@ def _add_rerun_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_campaign(args: argparse.Namespace) -> int:
-    from llmlab.campaign.plan import load_campaign
-    from llmlab.campaign.run import run_and_report
+    from llmlab.campaign.spec import load_campaign
+    from llmlab.campaign.execute import run_and_report
 
     campaign = load_campaign(args.campaign, args.set)
     out = args.out or f"runs/{campaign.name}"

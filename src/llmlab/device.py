@@ -3,6 +3,8 @@ in `llmlab.config`, which stays free of torch)."""
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from llmlab.config import PRECISIONS
@@ -29,7 +31,19 @@ def torch_dtype(name: str) -> torch.dtype:
 
 
 def resolve_dtype(name: str, device: torch.device | str) -> torch.dtype:
-    """auto: bf16 on CUDA (half the bytes read per token), fp32 on CPU (bf16 matmul is slow there)."""
+    """The one dtype rule. auto: bf16 on CUDA (half the bytes read per token), fp32 on CPU, where
+    bf16 matmuls are hundreds of times slower than fp32 on most chips (DESIGN.md section 5)."""
     if name == "auto":
         return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
     return torch_dtype(name)
+
+
+def autocast_dtype(name: str, device: torch.device | str) -> torch.dtype | None:
+    """resolve_dtype for mixed precision: the dtype autocast runs the matmuls in, None for plain
+    fp32 (master weights stay fp32 either way)."""
+    dtype = resolve_dtype(name, device)
+    if dtype == torch.float32:
+        return None
+    if torch.device(device).type == "cpu":
+        warnings.warn(f"dtype {name} on CPU is usually far slower than fp32", stacklevel=2)
+    return dtype

@@ -1,109 +1,71 @@
-"""The run directory as a record (STYLE.md item 10): how it is written and read.
+"""The run directory as a record (STYLE.md item 10): its file names, "is it finished?", and the
+readers of its metrics and evaluation windows.
 
 Layout of a run directory (train writes it; eval, generate, campaign and report read it):
 
     config.toml         the resolved run config
     env.json            where and with what it ran
     metrics.jsonl       one JSON object a line (llmlab.train.metrics writes it)
-    result.json         final figures, written once the run ends
+    result.json         final figures, written once the run ends: a run is finished when it exists
     eval_windows.json   the final test evaluation window by window (summed loss, targets scored)
     infer.json          decode measurements (campaign)
-    checkpoints/        step-XXXXXXXX.pt + manifest.json (sha256 of each committed checkpoint)
+    checkpoints/        step-XXXXXXXX.pt + manifest.json (llmlab.checkpoint)
 
-Every file is written atomically (temp file, fsync, rename, fsync of the directory), so a killed
-process leaves the old file or the new one, never half of one. This module sits below `train`,
-`infer`, `bench` and `campaign` and imports none of them. torch and the model are imported only
-by the functions that load weights: reading records (`llmlab report`, `llmlab prepare`) stays
-free of torch.
+Every file is written atomically (llmlab.files). This module sits below `train`, `infer`, `bench`
+and `campaign`, imports none of them, nor torch: reading records (`llmlab report`) stays free of
+torch.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import os
-import warnings
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from llmlab.config import RunConfig, load_run_config
-from llmlab.errors import CheckpointError, LLMLabError
-
-if TYPE_CHECKING:
-    import torch
+from llmlab.errors import CheckpointError
+from llmlab.files import read_json, read_jsonl, write_json
 
 CONFIG_FILE = "config.toml"
+ENV_FILE = "env.json"
 METRICS_FILE = "metrics.jsonl"
+RESULT_FILE = "result.json"
 EVAL_WINDOWS_FILE = "eval_windows.json"
-MANIFEST = "manifest.json"
-MANIFEST_FORMAT = 1
-_CHUNK = 1 << 22
+INFER_FILE = "infer.json"
 
 
-# ---------------------------------------------------------------------------------------------
-# Atomic writes
+def is_finished(run_dir: str | Path) -> bool:
+    """A run is finished once its result.json -- the last file a run writes -- says "completed"
+    (the one question train, campaign and report ask of a run directory)."""
+    path = Path(run_dir) / RESULT_FILE
+    return path.is_file() and read_json(path).get("status") == "completed"
 
 
-def fsync_dir(path: Path) -> None:
-    """Make a rename durable: the directory entry itself must reach the disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def replace_durably(tmp: Path, final: Path) -> None:
-    """Rename a fully written and fsynced `tmp` over `final`, durably."""
-    os.replace(tmp, final)
-    fsync_dir(final.parent)
-
-
-def write_bytes_atomic(path: str | Path, data: bytes) -> None:
-    """Write `data` to `path` via `path.tmp` (fsynced, then renamed): all or nothing."""
+def resolve_run_dir(path: str | Path) -> Path:
+    """The run a folder given to generate / eval / export stands for: itself when it is a run; a
+    campaign's variant folder (`runs/demo/base`) stands for its seed-0 run, said on stderr; any other
+    folder holding runs is an error naming them."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    replace_durably(tmp, path)
+    if (path / CONFIG_FILE).is_file():
+        return path
+    if (path / "seed-0" / CONFIG_FILE).is_file():
+        print(f"llmlab: {path} is a variant folder: using its seed-0 run, {path / 'seed-0'}", file=sys.stderr)
+        return path / "seed-0"
+    inside = sorted(str(p.parent.relative_to(path)) for p in path.rglob(CONFIG_FILE)) if path.is_dir() else []
+    if inside:
+        shown = ", ".join(inside[:6]) + (f" and {len(inside) - 6} more" if len(inside) > 6 else "")
+        raise CheckpointError(f"{path} is not a run directory; it holds the runs {shown}: pass one of them")
+    raise CheckpointError(f"{path} is not a run directory (no {CONFIG_FILE}): train it first")
 
 
-def write_json(path: str | Path, obj: Any, *, sort_keys: bool = False) -> None:
-    """Indented JSON, atomically. sort_keys=True gives identical bytes for equal content (meta.json)."""
-    write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=sort_keys) + "\n").encode())
-
-
-def read_json(path: str | Path) -> Any:
-    """A JSON file of a record; a missing or invalid file is an LLMLabError naming it."""
-    path = Path(path)
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise LLMLabError(f"{path}: no such file") from None
-    except ValueError as e:
-        raise LLMLabError(f"{path}: invalid JSON ({e})") from None
+def read_result(run_dir: str | Path) -> dict[str, Any]:
+    """A finished run's result.json (an LLMLabError naming the file when it is missing)."""
+    return read_json(Path(run_dir) / RESULT_FILE)
 
 
 # ---------------------------------------------------------------------------------------------
 # metrics.jsonl
-
-
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a JSON-lines file. A cut last line (a process killed mid-write) is skipped; a bad
-    line before the last one is corruption, not a kill, and raises."""
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
-    rows = []
-    for number, line in enumerate(lines, 1):
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            if number < len(lines):
-                raise LLMLabError(f"{path}: line {number} is not JSON (only the last line may be cut by a kill)") from None
-    return rows
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
@@ -143,115 +105,3 @@ def read_eval_windows(run_dir: str | Path, split: str = "test") -> WindowLosses 
     path = Path(run_dir) / EVAL_WINDOWS_FILE
     entry = read_json(path).get(split) if path.is_file() else None
     return WindowLosses(entry["loss_sum"], entry["tokens"]) if entry else None
-
-
-# ---------------------------------------------------------------------------------------------
-# Checkpoints: reading (writing is llmlab.train.checkpoint)
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One committed checkpoint, as the manifest lists it."""
-
-    file: str
-    step: int
-    sha256: str
-    bytes: int
-
-
-def ckpt_dir(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "checkpoints"
-
-
-def read_manifest(directory: Path) -> list[Entry]:
-    """Committed checkpoints, oldest first ([] when none)."""
-    path = directory / MANIFEST
-    if not path.exists():
-        return []
-    try:
-        data = json.loads(path.read_text())
-        return [Entry(**e) for e in data["checkpoints"]]
-    except (ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{path}: unreadable checkpoint manifest ({e}); move it away to start over") from None
-
-
-def write_manifest(directory: Path, entries: list[Entry]) -> None:
-    """entries oldest first, as read_manifest returns them (checkpoint.save sorts them)."""
-    write_json(directory / MANIFEST, {"format": MANIFEST_FORMAT, "checkpoints": [e.__dict__ for e in entries]})
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _verify(directory: Path, entry: Entry) -> str | None:
-    """None when the file matches its manifest entry, else the reason it does not."""
-    path = directory / entry.file
-    if not path.exists():
-        return "file missing"
-    if path.stat().st_size != entry.bytes:
-        return f"size {path.stat().st_size} != {entry.bytes} bytes in the manifest"
-    if sha256_file(path) != entry.sha256:
-        return "sha256 mismatch"
-    return None
-
-
-def load_latest(run_dir: str | Path) -> tuple[Entry, dict[str, Any]] | None:
-    """The newest checkpoint whose checksum verifies, or None when there is none.
-
-    A corrupted one is renamed `*.corrupt` (kept for inspection), dropped from the manifest and
-    the previous one is tried, with a warning."""
-    import torch
-
-    directory = ckpt_dir(run_dir)
-    for entry in reversed(read_manifest(directory)):
-        problem = _verify(directory, entry)
-        if problem is None:
-            return entry, torch.load(directory / entry.file, map_location="cpu", weights_only=True)
-        warnings.warn(
-            f"checkpoint {directory / entry.file} is corrupt ({problem}); falling back to the previous one",
-            stacklevel=2,
-        )
-        _quarantine(directory, entry)
-    return None
-
-
-def _quarantine(directory: Path, entry: Entry) -> None:
-    path = directory / entry.file
-    if path.exists():
-        os.replace(path, path.with_name(path.name + ".corrupt"))
-    write_manifest(directory, [e for e in read_manifest(directory) if e.step != entry.step])
-
-
-# ---------------------------------------------------------------------------------------------
-# A trained model
-
-
-def load_run_model(run_dir: str | Path, device: torch.device) -> tuple[RunConfig, Entry, Any]:
-    """(resolved config, checkpoint entry, GPT with the newest good weights on `device`)."""
-    from llmlab.model import GPT
-
-    run_dir = Path(run_dir)
-    if not (run_dir / CONFIG_FILE).is_file():
-        raise CheckpointError(f"{run_dir} is not a run directory (no {CONFIG_FILE}): train it first")
-    cfg = load_run_config(run_dir / CONFIG_FILE)
-    found = load_latest(run_dir)
-    if found is None:
-        raise CheckpointError(f"{run_dir} has no usable checkpoint: train it first")
-    entry, state = found
-    model = GPT(cfg.model)
-    model.load_state_dict(state["model"])  # every weight comes from the checkpoint: no seed needed
-    return cfg, entry, model.to(device)
-
-
-def load_for_inference(run_dir: str | Path, device: str = "cpu") -> tuple[Any, Any]:
-    """(GPT in eval mode on `device`, the run's tokenizer). `device` may be "auto"."""
-    from llmlab.data.tokenizers import get_tokenizer
-    from llmlab.device import resolve_device
-
-    cfg, _, model = load_run_model(run_dir, resolve_device(device))
-    return model.eval(), get_tokenizer(cfg.data.tokenizer, cfg.data.tokenizer_file or None)

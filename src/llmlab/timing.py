@@ -1,5 +1,5 @@
-"""Honest timing, shared by the benchmarks, `llmlab generate` and the campaign: warm-up apart,
-a device sync before each clock read, medians, and interleaved cases."""
+"""The one clock, shared by the benchmarks, `llmlab generate` and the campaign: a device sync before
+each clock read (`clock`), warm-up apart, medians, and interleaved cases."""
 
 from __future__ import annotations
 
@@ -17,6 +17,13 @@ def sync(device: torch.device | str) -> None:
         torch.cuda.synchronize(device)
 
 
+def clock(device: torch.device | str, process: bool = False) -> float:
+    """A clock read after the device's queued work: wall seconds (perf_counter), or with
+    process=True this process's CPU seconds (`bench moe --clock cpu`: immune to other processes)."""
+    sync(device)
+    return time.process_time() if process else time.perf_counter()
+
+
 def median(xs: list[float]) -> float:
     return statistics.median(xs)
 
@@ -28,11 +35,9 @@ def time_fn(fn: Callable[[], Any], device: torch.device | str = "cpu", repeats: 
         fn()
     times = []
     for _ in range(repeats):
-        sync(device)
-        t0 = time.perf_counter()
+        t0 = clock(device)
         fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
+        times.append(clock(device) - t0)
     return times
 
 

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from llmlab.audit import audit, render, to_json
+from llmlab.audit.compile_check import main as compile_check_main
 from llmlab.audit.hazards import HAZARDS
-from llmlab.bench.compile_check import main as compile_check_main
 from llmlab.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,4 +1,4 @@
-"""The answer against budget: a campaign's decay branches (plan.BudgetSpec, schedule.budget_runs)
+"""The answer against budget: a campaign's decay branches (spec.BudgetSpec, runlist.budget_runs)
 give each hypothesis at every budget, for little more than one run per (variant, seed)."""
 
 from __future__ import annotations
@@ -7,13 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
+from test_campaign import REPO, mini, write_campaign  # noqa: F401  (mini: the fixture)
 
 from llmlab.campaign.budgets import budget_finding, sign_change
-from llmlab.campaign.plan import load_campaign
-from llmlab.campaign.schedule import budget_cost, seed_runs
+from llmlab.campaign.runlist import budget_cost, seed_runs
+from llmlab.campaign.spec import load_campaign
 from llmlab.errors import ConfigError
-
-from test_campaign import REPO, mini, write_campaign  # noqa: F401  (mini: the fixture)
 
 WSD = 'schedule = "wsd"\ndecay_frac = 0.25\n'
 
@@ -85,7 +84,7 @@ def test_a_campaign_answers_at_every_budget_and_its_full_branch_is_the_plain_run
     branch gives the test loss of the same campaign run without budgets (a from-scratch WSD run);
     the report gives every hypothesis at both budgets, says whether the sign changes, and draws it."""
     from llmlab.campaign.report import write_report
-    from llmlab.campaign.run import run_campaign
+    from llmlab.campaign.execute import run_campaign
 
     path, out = tmp_path / "b.toml", tmp_path / "out"
     path.write_text(budget_campaign(mini))

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from llmlab.campaign.plan import load_campaign, plan_rows
 from llmlab.campaign.report import write_report
+from llmlab.campaign.spec import load_campaign, plan_rows
 from llmlab.config import dump_toml, load_run_config
 from llmlab.errors import ConfigError, LLMLabError
 
@@ -145,7 +145,7 @@ def test_compile_mode_is_part_of_the_measurement_spec(tmp_path: Path, monkeypatc
     a sweep without a compiled case records no mode, so older records stay valid."""
     import torch
 
-    import llmlab.campaign.run as run
+    import llmlab.campaign.execute as run
 
     variant = f'[[variant]]\nname = "a"\ninclude = "{REPO}/configs/models/tiny.toml"\n'
     campaign = load_campaign(write_campaign(tmp_path, f'[generate]\ncompile = "{compile}"\n' + variant))
@@ -322,7 +322,7 @@ def test_campaign_runs_end_to_end_and_keeps_its_records_honest(tmp_path: Path, m
     """Two tiny variants: train, sweep decode, report. A rerun retrains and re-times nothing; an
     edited budget or model is refused naming the field, and campaign.json is left alone;
     --retrain retrains only that variant; --remeasure or a changed sweep re-times infer.json."""
-    from llmlab.campaign.run import run_campaign
+    from llmlab.campaign.execute import run_campaign
 
     path, out = tmp_path / "mini.toml", tmp_path / "out"
     path.write_text(mini)
@@ -392,7 +392,7 @@ def study_campaign(mini: str) -> str:
 def test_study_picks_each_variants_lr_runs_every_seed_and_reports(tmp_path: Path, mini: str) -> None:
     """Sweep -> per-variant LR (lowest final val loss) -> every seed at it -> report with every plot
     and a generated Findings section; a rerun trains and times nothing again."""
-    from llmlab.campaign.run import run_campaign
+    from llmlab.campaign.execute import run_campaign
 
     path, out = tmp_path / "study.toml", tmp_path / "out"
     path.write_text(study_campaign(mini))
@@ -442,7 +442,7 @@ def test_study_picks_each_variants_lr_runs_every_seed_and_reports(tmp_path: Path
 
 
 def test_lr_choice_rule() -> None:
-    from llmlab.campaign.schedule import choose_lr
+    from llmlab.campaign.runlist import choose_lr
 
     entries = [{"lr": 1e-3, "status": "completed", "val_loss": 2.0},
                {"lr": 2e-3, "status": "completed", "val_loss": 1.9},
@@ -464,7 +464,7 @@ def test_lr_choice_rule() -> None:
 
 def test_lr_choice_flags_the_grid_edge_and_a_cliff() -> None:
     """The CPU study's GQA: 2e-3 chosen at val 2.041 next to 2.658 at 4e-3 (+30 %, threshold 10 %)."""
-    from llmlab.campaign.schedule import choice_flags
+    from llmlab.campaign.runlist import choice_flags
 
     curve = lambda vals: [{"lr": lr, "status": "completed" if v else "diverged", "val_loss": v}  # noqa: E731
                                        for lr, v in zip((5e-4, 1e-3, 2e-3, 4e-3), vals)]
@@ -477,7 +477,7 @@ def test_lr_choice_flags_the_grid_edge_and_a_cliff() -> None:
 
 def test_sweep_on_several_seeds_and_a_larger_validation_set(tmp_path: Path) -> None:
     from llmlab.campaign.estimate import runs_per_variant
-    from llmlab.campaign.schedule import sweep_runs
+    from llmlab.campaign.runlist import sweep_runs
 
     head = "seeds = [3, 4]\n[sweep]\nlr = [1e-3, 2e-3]\nfraction = 0.5\nseeds = [3, 5]\neval_windows = 96\n"
     variant = f'[[variant]]\nname = "a"\ninclude = "{REPO}/configs/models/tiny.toml"\n'
@@ -536,7 +536,7 @@ def test_sweep_and_seeds_are_validated(tmp_path: Path, head: str, message: str) 
 def test_seed_runs_share_everything_but_lr_and_seed() -> None:
     """The study's runs: sweep runs at half the budget (warm-up alike) on two seeds and 128 validation
     windows, min_lr scaled with the LR; each seed is a stable run and its three decay branches."""
-    from llmlab.campaign.schedule import seed_runs, sweep_runs
+    from llmlab.campaign.runlist import seed_runs, sweep_runs
 
     campaign = load_campaign(REPO / "configs/campaigns/cpu-study.toml")
     assert campaign.seeds == [0, 1, 2] and campaign.sweep.lr == [5e-4, 1e-3, 2e-3, 4e-3]
@@ -572,7 +572,7 @@ def test_a_run_of_the_single_run_layout_is_refused_not_mixed(tmp_path: Path) -> 
 def test_a_diverged_run_is_recorded_and_not_retried(tmp_path: Path) -> None:
     """A run whose metrics end in a "diverged" event (non-finite loss) counts as a failed point:
     retrying would diverge again from the same checkpoint."""
-    from llmlab.campaign.run import train_once
+    from llmlab.campaign.execute import train_once
 
     (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 5.0}) + "\n"
                                             + json.dumps({"event": "diverged", "step": 2}) + "\n")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from llmlab.campaign.estimate import estimate
-from llmlab.campaign.plan import load_campaign
+from llmlab.campaign.spec import load_campaign
 from llmlab.config import MoEConfig
 from llmlab.errors import ConfigError
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from llmlab.campaign.plan import GenerateSpec, load_campaign
+from llmlab.campaign.execute import run_campaign
 from llmlab.campaign.report import write_report
-from llmlab.campaign.run import run_campaign
+from llmlab.campaign.spec import GenerateSpec, load_campaign
 
 REPO = Path(__file__).resolve().parents[2]
 TIERS = {"wikitext103-125m": (5, 4, 3), "wikitext103-125m-quick": (3, 3, 2)}  # arms, sweep LRs, seeds

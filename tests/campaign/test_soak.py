@@ -36,8 +36,9 @@ import pytest
 import torch
 from test_campaign import mini  # noqa: F401  (the fixture: the mini campaign on a small corpus)
 
+from llmlab.checkpoint import ckpt_dir, load_latest, read_manifest
 from llmlab.errors import ConfigError
-from llmlab.runs import ckpt_dir, load_latest, read_manifest, read_metrics
+from llmlab.runs import read_metrics
 from llmlab.train.lock import RunLock
 from llmlab.train.metrics import WALL_CLOCK_FIELDS
 from llmlab.train.routing_probe import read_routing

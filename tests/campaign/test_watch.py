@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from llmlab.campaign.plan import flops_gaps
 from llmlab.campaign.records import VariantRecord
 from llmlab.campaign.report import compute_section, dispatch_section, overfit_section
+from llmlab.campaign.spec import flops_gaps
 from llmlab.campaign.watch import rose_at_end
 from llmlab.config import dump_toml, load_run_config
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from llmlab.data.meta import FORMAT, META_FILE
 from llmlab.data.tokenfile import write_tokens
-from llmlab.runs import write_json
+from llmlab.files import write_json
 
 SHARED_WIKITEXT = Path("/work/shared/data/wikitext")
 

@@ -15,9 +15,10 @@ import pytest
 
 from llmlab import cli
 from llmlab.config import DataConfig
+from llmlab.data.corpus import SPLITS
 from llmlab.data.meta import read_meta
 from llmlab.data.prepare import ensure_prepared, prepare, prepare_lock
-from llmlab.data.sources import SPLITS, get_source
+from llmlab.data.sources import get_source
 from llmlab.data.tokenfile import open_tokens, read_header, write_tokens
 from llmlab.data.tokenizers import get_tokenizer
 from llmlab.errors import DataError

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from data_helpers import SHARED_WIKITEXT, small_wikitext
 
+from llmlab.data.corpus import SPLITS, TextFolder, split_of
 from llmlab.data.encode import count_words
-from llmlab.data.sources import SPLITS, TextFolder, get_source, split_of
+from llmlab.data.sources import get_source
 from llmlab.data.wikitext import is_title, read_blocks, split_articles
 from llmlab.errors import DataError
 

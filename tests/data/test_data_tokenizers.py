@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from llmlab.data import tokenizers as T
+from llmlab.data import gpt2_ranks as R
+from llmlab.data.bpe import train_bpe
 from llmlab.data.tokenizers import EOT_TEXT, get_tokenizer
 from llmlab.errors import DataError
 
@@ -67,7 +68,7 @@ def test_trained_bpe_round_trip(tmp_path):
     for i, text in enumerate(TEXTS * 3):
         (corpus / f"doc{i}.txt").write_text(text + f" document number {i}", encoding="utf-8")
     out = tmp_path / "tok" / "small.json"
-    info = T.train_bpe(str(corpus), 300, out, progress=False)
+    info = train_bpe(str(corpus), 300, out, progress=False)
     tok = get_tokenizer(str(out))
     assert info["vocab_size"] == tok.vocab_size <= 300 and tok.vocab_size > 257
     assert tok.name == "small" and tok.hash == info["hash"]
@@ -92,7 +93,7 @@ def test_bad_tokenizer_inputs_are_clear(tmp_path):
     with pytest.raises(DataError, match="not the GPT-2 ranks file"):
         get_tokenizer("gpt2", str(wrong))
     with pytest.raises(DataError, match="at least 257"):
-        T.train_bpe("pydocs", 100, tmp_path / "x.json")
+        train_bpe("pydocs", 100, tmp_path / "x.json")
 
 
 def _sdist_with(member: str, data: bytes) -> bytes:
@@ -108,32 +109,32 @@ def _sdist_with(member: str, data: bytes) -> bytes:
 def offline_fetch(tmp_path, monkeypatch):
     """fetch_gpt2 with an empty cache, tiktoken unreachable, and pip replaced by `archive`."""
     monkeypatch.setenv("LLMLAB_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(T, "_ranks_from_tiktoken", lambda allow_network: None)
+    monkeypatch.setattr(R, "_ranks_from_tiktoken", lambda allow_network: None)
     archive: dict[str, bytes] = {}
-    monkeypatch.setattr(T, "_pip_download", lambda requirement: archive["bytes"])
+    monkeypatch.setattr(R, "_pip_download", lambda requirement: archive["bytes"])
     return archive
 
 
 def test_fetch_falls_back_to_the_whisper_sdist(gpt2, offline_fetch, tmp_path):
-    real = Path(gpt2.spec[1] or T.cache_dir() / T.GPT2_RANKS_FILE)
+    real = Path(gpt2.spec[1] or R.cache_dir() / R.GPT2_RANKS_FILE)
     if not real.is_file():
         pytest.skip("GPT-2 came from tiktoken's cache, no ranks file to repackage")
-    offline_fetch["bytes"] = _sdist_with(f"openai_whisper-20250625/{T.WHISPER_MEMBER}", real.read_bytes())
-    out = T.fetch_gpt2(progress=False)
+    offline_fetch["bytes"] = _sdist_with(f"openai_whisper-20250625/{R.WHISPER_MEMBER}", real.read_bytes())
+    out = R.fetch_gpt2(progress=False)
     assert out["source"].startswith("pypi:") and Path(out["path"]).parent == tmp_path / "cache"
-    assert hashlib.sha256(Path(out["path"]).read_bytes()).hexdigest() == T.GPT2_RANKS_SHA256
-    assert T.fetch_gpt2(progress=False)["source"] == "cache"
+    assert hashlib.sha256(Path(out["path"]).read_bytes()).hexdigest() == R.GPT2_RANKS_SHA256
+    assert R.fetch_gpt2(progress=False)["source"] == "cache"
     assert get_tokenizer("gpt2").encode("Hello world") == [15496, 995]
 
 
 def test_fetch_rejects_a_wrong_file(offline_fetch, tmp_path):
-    offline_fetch["bytes"] = _sdist_with(f"openai_whisper-20250625/{T.WHISPER_MEMBER}", b"IQ== 0\n")
+    offline_fetch["bytes"] = _sdist_with(f"openai_whisper-20250625/{R.WHISPER_MEMBER}", b"IQ== 0\n")
     with pytest.raises(DataError, match="sha256"):
-        T.fetch_gpt2(progress=False)
-    assert not (tmp_path / "cache" / T.GPT2_RANKS_FILE).exists()
+        R.fetch_gpt2(progress=False)
+    assert not (tmp_path / "cache" / R.GPT2_RANKS_FILE).exists()
     offline_fetch["bytes"] = _sdist_with("openai_whisper-20250625/README.md", b"hi")
     with pytest.raises(DataError, match="has no"):
-        T.fetch_gpt2(progress=False)
+        R.fetch_gpt2(progress=False)
 
 
 def test_missing_gpt2_says_how_to_fetch(offline_fetch):
@@ -144,7 +145,7 @@ def test_missing_gpt2_says_how_to_fetch(offline_fetch):
 def test_cli_fetch_uses_the_cache(gpt2, capsys):
     from llmlab import cli
 
-    if not (T.cache_dir() / T.GPT2_RANKS_FILE).is_file():
+    if not (R.cache_dir() / R.GPT2_RANKS_FILE).is_file():
         pytest.skip("no ranks file in llmlab's cache")
     assert cli.main(["tokenizer", "fetch", "gpt2", "--json"]) == 0
     assert '"source": "cache"' in capsys.readouterr().out
@@ -153,20 +154,20 @@ def test_cli_fetch_uses_the_cache(gpt2, capsys):
 def test_fetch_through_tiktoken_writes_the_canonical_file(gpt2, offline_fetch, monkeypatch):
     from tiktoken.load import load_tiktoken_bpe
 
-    real = Path(gpt2.spec[1] or T.cache_dir() / T.GPT2_RANKS_FILE)
+    real = Path(gpt2.spec[1] or R.cache_dir() / R.GPT2_RANKS_FILE)
     if not real.is_file():
         pytest.skip("no ranks file to compare with")
-    monkeypatch.setattr(T, "_ranks_from_tiktoken", lambda allow_network: load_tiktoken_bpe(str(real)))
-    out = T.fetch_gpt2(progress=False)
+    monkeypatch.setattr(R, "_ranks_from_tiktoken", lambda allow_network: load_tiktoken_bpe(str(real)))
+    out = R.fetch_gpt2(progress=False)
     assert out["source"] == "tiktoken" and Path(out["path"]).read_bytes() == real.read_bytes()
 
 
 def test_tiktoken_cache_lookup_needs_no_network(tmp_path, monkeypatch):
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
-    assert not T._tiktoken_cache_has_gpt2()
+    assert not R._tiktoken_cache_has_gpt2()
     base = "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/"
     for name in ("vocab.bpe", "encoder.json"):
         (tmp_path / hashlib.sha1((base + name).encode()).hexdigest()).write_bytes(b"x")
-    assert T._tiktoken_cache_has_gpt2()
+    assert R._tiktoken_cache_has_gpt2()
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", "")  # tiktoken's "no cache"
-    assert not T._tiktoken_cache_has_gpt2()
+    assert not R._tiktoken_cache_has_gpt2()

@@ -64,7 +64,7 @@ def checkpoint_run(tmp_path: Path) -> Callable[..., Path]:
     """checkpoint_run(tokenizer="byte", **model overrides) -> a run directory holding one checkpoint
     of random weights, norm gains included (all 1 at init, they would hide a mix-up of norms)."""
     from llmlab.model import GPT
-    from llmlab.train import checkpoint
+    from llmlab import checkpoint
 
     def make(tokenizer: str = "byte", **model: Any) -> Path:
         cfg = _run_config(model, DataConfig(dataset="pydocs", tokenizer=tokenizer))

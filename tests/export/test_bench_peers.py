@@ -31,7 +31,7 @@ def test_bench_infer_peer_gives_our_greedy_tokens(monkeypatch: pytest.MonkeyPatc
     # Random weights of the right shapes (what the peer used to be) are refused before any timing.
     other = GPT(ModelConfig(**TINY))
     real = hf.to_transformers
-    monkeypatch.setattr(hf, "to_transformers", lambda m: real(other))
+    monkeypatch.setattr(infer, "to_transformers", lambda m: real(other))
     with pytest.raises(PeerMismatch, match="logits differ"):
         infer.hf_peer(model, prompt)
 

@@ -14,7 +14,7 @@ import torch
 from llmlab.cli import main
 from llmlab.export import ExportError, export_run, to_transformers
 from llmlab.infer import generate
-from llmlab.runs import load_run_model
+from llmlab.infer.load import load_run_model
 
 transformers = pytest.importorskip("transformers")
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from llmlab.bench.compile_check import compile_check
-from llmlab.bench.gpu_check import compiled_decode_error, planted_mask_bug, teacher_forced_logits
+from llmlab.audit.compile_check import compile_check
 from llmlab.config import load_model_config
+from llmlab.gpu_check import compiled_decode_error, planted_mask_bug, teacher_forced_logits
 from llmlab.infer import generate
 from llmlab.model import GPT
 

@@ -10,9 +10,9 @@ import dataclasses
 import pytest
 import torch
 
-from llmlab.bench import gpu_check
-from llmlab.bench.gpu_check import compiled_decode_error, planted_mask_bug
+from llmlab import gpu_check
 from llmlab.config import load_model_config
+from llmlab.gpu_check import compiled_decode_error, planted_mask_bug
 from llmlab.infer import generate
 from llmlab.infer.compiled import CompiledStep, compiled_decode_step, release
 from llmlab.model import GPT

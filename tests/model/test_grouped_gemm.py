@@ -14,7 +14,8 @@ from torch.testing import assert_close
 from llmlab.config import MoEConfig
 from llmlab.errors import ConfigError
 from llmlab.model import moe as moe_module
-from llmlab.model.moe import check_compilable, dispatch_advice, grouped_kernel
+from llmlab.model.moe import grouped_kernel
+from llmlab.model.moe_advice import check_compilable, dispatch_advice
 
 pytest.importorskip("triton", reason="the Triton kernel needs the triton package (a dev dependency)")
 from llmlab.model import grouped_gemm  # noqa: E402
@@ -186,7 +187,7 @@ def test_audit_of_the_moe_on_the_triton_path_finds_no_host_sync() -> None:
     build_moe_triton): the eager pass runs the kernel, and the static reading of every line it ran
     finds no hazard. (Its compiled checks need a GPU: under Triton's interpreter torch.compile
     cannot trace the kernels. `test_audit_of_the_triton_moe_on_cuda_is_ready` runs them there.)"""
-    from llmlab.audit.run import audit
+    from llmlab.audit.pipeline import audit
 
     report = audit(f"{EXAMPLES}:build_moe_triton", device=DEVICE, steps=2)
     static = [f for f in report.findings if f.source == "static"]

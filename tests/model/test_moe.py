@@ -19,7 +19,8 @@ from torch.testing import assert_close
 from llmlab.config import MoEConfig, load_model_config
 from llmlab.errors import ConfigError
 from llmlab.model.mlp import mlp_params
-from llmlab.model.moe import MoE, check_compilable, combine, dispatch_advice, moe_params
+from llmlab.model.moe import MoE, combine, moe_params
+from llmlab.model.moe_advice import check_compilable, dispatch_advice
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "models"
 BF16 = {"atol": 2e-2, "rtol": 2e-2}  # a few bf16 roundings (eps 2^-8) of O(1) values

@@ -8,9 +8,10 @@ import pytest
 import torch
 from trainkit import train_rows
 
+from llmlab import checkpoint
 from llmlab.config import load_run_config, run_config_from_dict
 from llmlab.errors import ConfigError
-from llmlab.train import checkpoint, train
+from llmlab.train import train
 from llmlab.train.branch import branch_start, read_branch, seed_branch, stable_config
 
 WSD = {"schedule": "wsd", "decay_frac": 0.2, "warmup": 5, "log_interval": 4, "eval_interval": 0}

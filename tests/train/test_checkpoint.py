@@ -7,9 +7,10 @@ import json
 import pytest
 import torch
 
+from llmlab import checkpoint
 from llmlab.config import load_run_config
-from llmlab.runs import sha256_file
-from llmlab.train import checkpoint, train
+from llmlab.files import sha256_file
+from llmlab.train import train
 
 
 def state(step: int) -> dict:

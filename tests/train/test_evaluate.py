@@ -15,8 +15,8 @@ from trainkit import TINY_MODEL, TINY_TRAIN
 from llmlab.config import ModelConfig, TrainConfig, dump_toml, load_run_config
 from llmlab.data.loader import eval_batches, open_split, window_starts
 from llmlab.errors import ConfigError
+from llmlab.infer.load import load_run_model
 from llmlab.model import GPT
-from llmlab.runs import load_run_model
 from llmlab.train import evaluate_run, train
 from llmlab.train.evaluate import split_figures
 from llmlab.train.step import bind_eval_loss, evaluate, evaluate_windows

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from trainkit import subprocess_env, train_rows, write_config
 
+from llmlab import checkpoint
 from llmlab.config import load_run_config
 from llmlab.runs import read_metrics
-from llmlab.train import EXIT_STOPPED, checkpoint, train
+from llmlab.train import EXIT_STOPPED, train
 from llmlab.train.metrics import WALL_CLOCK_FIELDS
 from llmlab.train.routing_probe import read_routing
 

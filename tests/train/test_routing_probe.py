@@ -51,7 +51,7 @@ def test_moe_run_records_routing_at_each_eval_and_saturates_at_the_end(make_conf
     assert curve[-1] == (12, 1.0)
     assert all(0.0 <= share <= 1.0 for _, share in curve)
     # the last record is the final weights' decision on the probe
-    from llmlab.runs import load_run_model
+    from llmlab.infer.load import load_run_model
 
     _, _, model = load_run_model(tmp_path / "run", torch.device("cpu"))
     probe = probe_batch(byte_data, 32, 257)

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from llmlab import checkpoint
 from llmlab.config import load_run_config
 from llmlab.errors import CheckpointError, ConfigError
 from llmlab.runs import read_eval_windows
-from llmlab.train import TrainingDiverged, checkpoint, train
+from llmlab.train import TrainingDiverged, train
 from llmlab.train.lock import RunDirBusy, RunLock
 
 GOLDEN = Path(__file__).parent / "golden" / "dense_10_losses.json"

@@ -6,7 +6,7 @@ import os
 from typing import Any
 
 from llmlab.audit.hazards import HAZARDS
-from llmlab.audit.run import AuditReport
+from llmlab.audit.pipeline import AuditReport
 
 
 def _rel(path: str) -> str:

@@ -19,12 +19,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from llmlab.bench.common import emit_json, environment, print_table
+from llmlab.data.corpus import SPLITS, Source
 from llmlab.data.encode import ParallelEncoder, chunk_documents, usable_cpus
 from llmlab.data.prepare import prepare
-from llmlab.data.sources import SPLITS, Source, get_source
+from llmlab.data.sources import get_source
 from llmlab.data.tokenizers import GPT2Tokenizer, Tokenizer, get_tokenizer
 from llmlab.data.wikitext import RAW_FILES
+from llmlab.environment import machine
+from llmlab.tables import emit_json, print_table
 from llmlab.timing import median, time_round_robin
 
 
@@ -133,7 +135,7 @@ def summarize(m: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         "speedup_vs_fastest_single_thread": round(fastest_single["seconds"] / parallel["seconds"], 3),
         "scaling_vs_1_process": round(rows["prepare tokenizer, 1 process"]["seconds"] / parallel["seconds"], 3),
         "end_to_end_over_tokenization": round(e2e["seconds"] / parallel["seconds"], 3),
-        "environment": environment(),
+        "environment": machine(),
     }
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
+import importlib.util
 import os
 import time
 from typing import Any
@@ -38,14 +39,16 @@ from typing import Any
 import torch
 
 from llmlab.bench.bandwidth import measure_bandwidths
-from llmlab.bench.common import emit_json, environment, print_table
 from llmlab.config import ModelConfig, load_model_config, to_dict
+from llmlab.environment import machine
 from llmlab.errors import ConfigError
+from llmlab.export.hf import ExportError, check_same_function, to_transformers
 from llmlab.infer.generate import GenerationTimes, generate_timed
 from llmlab.infer.measure import Run, random_prompt, time_interleaved
 from llmlab.model import GPT
 from llmlab.model.accounting import count
-from llmlab.timing import intra_op_threads, sync
+from llmlab.tables import emit_json, print_table
+from llmlab.timing import clock, intra_op_threads
 
 
 def default_config(max_seq_len: int) -> ModelConfig:
@@ -111,10 +114,6 @@ PEER_CHECK_TOKENS = 32
 def hf_peer(model: GPT, prompt: torch.Tensor) -> torch.nn.Module | None:
     """Our model's weights in transformers (Llama / Mistral / Mixtral, `llmlab.export.hf`), checked
     to give the same logits and greedy tokens on the prompt: equal work. None without transformers."""
-    import importlib.util
-
-    from llmlab.export.hf import ExportError, check_same_function, to_transformers
-
     if importlib.util.find_spec("transformers") is None:
         return None
     try:
@@ -146,16 +145,14 @@ def hf_generate_timed(peer: torch.nn.Module, prompt: torch.Tensor, new: int, use
                       **generate_kwargs: Any) -> tuple[torch.Tensor, GenerationTimes]:
     """HF `generate`, greedy, exactly `new` tokens, timed like `generate_timed` (generate_kwargs:
     more of `generate`'s arguments, e.g. cache_implementation)."""
-    clock = FirstTokenClock()
-    sync(prompt.device)
-    t0 = time.perf_counter()
+    first_token = FirstTokenClock()
+    t0 = clock(prompt.device)
     with torch.no_grad():
         out = peer.generate(prompt, max_new_tokens=new, min_new_tokens=new, do_sample=False, use_cache=use_cache,
-                            pad_token_id=0, attention_mask=torch.ones_like(prompt), streamer=clock,
+                            pad_token_id=0, attention_mask=torch.ones_like(prompt), streamer=first_token,
                             **generate_kwargs)
-    sync(prompt.device)
-    t1 = time.perf_counter()
-    return out, GenerationTimes(clock.first - t0, t1 - clock.first, (new - 1) * prompt.shape[0],
+    t1 = clock(prompt.device)
+    return out, GenerationTimes(first_token.first - t0, t1 - first_token.first, (new - 1) * prompt.shape[0],
                                 decode_threads=torch.get_num_threads())
 
 
@@ -187,10 +184,9 @@ def hf_static_compiled_run(peer: torch.nn.Module, prompt: torch.Tensor, new: int
             return run()
         first[0] = False
         expect, _ = hf_generate_timed(peer, prompt, min(check_tokens, new), True)
-        sync(prompt.device)
-        t0 = time.perf_counter()
+        t0 = clock(prompt.device)
         out, times = run()
-        times.compile_s = time.perf_counter() - t0
+        times.compile_s = clock(prompt.device) - t0
         if not torch.equal(out[:, :expect.shape[1]], expect):
             pos = int((out[:, :expect.shape[1]] != expect).any(dim=0).nonzero()[0]) - prompt.shape[1]
             raise PeerTokensDiffer(f"HF's compiled static-cache generate differs from its eager generate at new "
@@ -333,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
 def report(args: argparse.Namespace, cfg: ModelConfig, wbytes: int, bandwidth: dict[str, dict[str, float]],
            rows: list[dict[str, Any]], load: list[float]) -> None:
     """The human table, then the one JSON line."""
-    env = environment(args.device)
+    env = machine(args.device)
     bw = bandwidth["weights_sized"]["gb_s"], bandwidth["larger_than_cache"]["gb_s"]
     print(f"prompt {args.prompt_len} + {args.new_tokens} new tokens, {args.device}, rows at "
           f"{', '.join(map(str, args.threads))} threads; weights {wbytes / 1e6:.1f} MB; read bandwidth {bw[0]:.1f} "

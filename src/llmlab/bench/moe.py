@@ -25,19 +25,21 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import os
-import time
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from llmlab.bench.common import emit_json, environment, print_table
 from llmlab.config import DISPATCHES, PRECISIONS, MoEConfig
 from llmlab.device import torch_dtype
+from llmlab.environment import machine
+from llmlab.export.hf import PeerMismatch, moe_to_transformers
 from llmlab.model.mlp import MLP
 from llmlab.model.moe import MoE, combine, compute_dtype
-from llmlab.timing import median, sync
+from llmlab.tables import emit_json, print_table
+from llmlab.timing import clock, median
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -111,10 +113,6 @@ def make_layers(args: argparse.Namespace, dispatches: list[str]) -> dict[str, nn
 def hf_mixtral_layers(args: argparse.Namespace, layers: dict[str, nn.Module]) -> dict[str, nn.Module]:
     """transformers' MixtralSparseMoeBlock with our MoE's weights (`llmlab.export.hf`), with its
     "eager" and "grouped_mm" experts, each checked to give our layer's dropless output first."""
-    import importlib.util
-
-    from llmlab.export.hf import PeerMismatch, moe_to_transformers
-
     ours = next((layer for layer in layers.values() if isinstance(layer, MoE)), None)
     if args.mlp != "swiglu" or ours is None or importlib.util.find_spec("transformers") is None:
         return {}
@@ -149,14 +147,12 @@ def time_cases(cases: dict[str, Callable[[], Any]], args: argparse.Namespace) ->
     shared machine falls on all alike, and their median; before that, each case's first call (which
     includes any compilation) is timed apart and args.warmup - 1 more calls are untimed."""
     device = torch.device(args.device)
-    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    process = args.clock == "cpu"
 
     def timed(fn: Callable[[], Any]) -> float:
-        sync(device)
-        t0 = clock()
+        t0 = clock(device, process)
         fn()
-        sync(device)
-        return clock() - t0
+        return clock(device, process) - t0
 
     first = {name: timed(fn) for name, fn in cases.items()}
     for fn in cases.values():
@@ -292,7 +288,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     phases = breakdown(layers, args) if args.breakdown_tokens else {}
     return {
         "bench": "moe",
-        "env": {**environment(device), "cpu_count": os.cpu_count(), "load_avg_1min": os.getloadavg()[0]},
+        "env": {**machine(device), "cpu_count": os.cpu_count(), "load_avg_1min": os.getloadavg()[0]},
         "dtype": args.dtype,
         "shapes": {"d_model": args.d_model, "n_experts": args.n_experts, "top_k": args.top_k,
                    "d_ff_expert": args.d_ff_expert, "dense_d_ff": args.top_k * args.d_ff_expert,

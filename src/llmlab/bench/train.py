@@ -12,17 +12,24 @@ loss, optimizer and thread count. Prints a table, then one JSON line.
 from __future__ import annotations
 
 import argparse
-import time
 from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmlab.bench.common import emit_json, environment, print_table
 from llmlab.config import DTYPES, RunConfig, load_run_config
-from llmlab.timing import median, sync
-from llmlab.train.step import StepResult
+from llmlab.device import autocast_dtype, resolve_device
+from llmlab.environment import machine
+from llmlab.export.hf import ExportError
+from llmlab.export.hf import check_same_function, to_transformers
+from llmlab.model.accounting import count
+from llmlab.tables import emit_json, print_table
+from llmlab.timing import clock, median
+from llmlab.train.metrics import mfu, peak_flops
+from llmlab.train.optim import build_optimizer
+from llmlab.train.setup import build_model, build_trainable
+from llmlab.train.step import StepResult, train_step
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -49,20 +56,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def our_step(cfg: RunConfig, device: torch.device, amp: torch.dtype | None, compiled: bool) -> Callable[[], StepResult]:
     """llmlab's training step on one fixed batch (model seed 0): each call one update, returning its
     StepResult (`applied` False for a non-finite step, skipped)."""
-    from llmlab.train.optim import build_optimizer
-    from llmlab.train.setup import build_model
-    from llmlab.train.step import LossHead, train_step
-
-    model = build_model(cfg.model, seed=0, device=device)
-    module: nn.Module = LossHead(model, amp, device.type)
-    if compiled:
-        module = torch.compile(module, fullgraph=True, dynamic=False)
-    optimizer = build_optimizer(model, cfg.train, device)
+    parts = build_trainable(cfg, device, amp, seed=0, compile=compiled)
     batch = _batch(cfg, device)
     tc = cfg.train
 
     def step() -> StepResult:
-        return train_step(module, model, optimizer, lambda: batch, 1, tc.grad_clip, device)
+        return train_step(parts.module, parts.model, parts.optimizer, lambda: batch, 1, tc.grad_clip, device)
 
     return step
 
@@ -72,9 +71,6 @@ def _peer_step(cfg: RunConfig, device: torch.device, amp: torch.dtype | None) ->
     weights check runs in eval mode, so training-only work is matched here: no dropout on either
     side (the peer has none), and for MoE the peer adds its router's load-balancing loss as ours
     adds its auxiliary losses."""
-    from llmlab.export.hf import ExportError
-    from llmlab.train.optim import build_optimizer
-
     if cfg.model.dropout > 0:
         raise ExportError(f"model.dropout = {cfg.model.dropout}: the Llama peer trains without dropout, so the "
                           "steps would not do the same work (set model.dropout = 0 to compare)")
@@ -104,9 +100,6 @@ def _hf_model(cfg: RunConfig, device: torch.device) -> tuple[nn.Module, str]:
     """Our model's initial weights (the seed of `our_step`) in transformers' Llama / Mistral /
     Mixtral (`llmlab.export.hf`), checked to give our logits on the benchmark batch: equal work.
     ExportError when the config has no equivalent or transformers is missing."""
-    from llmlab.export.hf import check_same_function, to_transformers
-    from llmlab.train.setup import build_model
-
     ours = build_model(cfg.model, seed=0, device=device)
     peer = to_transformers(ours)
     check_same_function(ours, peer, _batch(cfg, device)[0])
@@ -125,12 +118,10 @@ def _batch(cfg: RunConfig, device: torch.device) -> tuple[torch.Tensor, torch.Te
 
 def warm_up(step: Callable[[], None], device: torch.device, n: int) -> float:
     """Seconds for the first n steps (compilation, allocator and kernel warm-up): reported apart."""
-    sync(device)
-    t0 = time.perf_counter()
+    t0 = clock(device)
     for _ in range(n):
         step()
-    sync(device)
-    return time.perf_counter() - t0
+    return clock(device) - t0
 
 
 def interleaved_rates(steps: dict[str, Callable[[], None]], device: torch.device, tokens_per_step: int,
@@ -140,12 +131,10 @@ def interleaved_rates(steps: dict[str, Callable[[], None]], device: torch.device
     rates: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(args.repeats):
         for name, step in steps.items():
-            sync(device)
-            t0 = time.perf_counter()
+            t0 = clock(device)
             for _ in range(args.steps):
                 step()
-            sync(device)
-            rates[name].append(args.steps * tokens_per_step / (time.perf_counter() - t0))
+            rates[name].append(args.steps * tokens_per_step / (clock(device) - t0))
     return rates
 
 
@@ -153,9 +142,6 @@ def interleaved_rates(steps: dict[str, Callable[[], None]], device: torch.device
 
 
 def _resolve(args: argparse.Namespace) -> tuple[RunConfig, torch.device, torch.dtype | None]:
-    from llmlab.device import resolve_device
-    from llmlab.train.setup import autocast_dtype
-
     overrides = list(args.set)
     if args.batch_size:
         overrides.append(f"train.micro_batch_size={args.batch_size}")
@@ -166,13 +152,10 @@ def _resolve(args: argparse.Namespace) -> tuple[RunConfig, torch.device, torch.d
     overrides.append("train.tokens_per_update=0")  # one micro-batch per step
     cfg = load_run_config(args.config, overrides)
     device = resolve_device(cfg.train.device)
-    return cfg, device, autocast_dtype(cfg.train, device)
+    return cfg, device, autocast_dtype(cfg.train.dtype, device)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from llmlab.model.accounting import count
-    from llmlab.train.metrics import mfu, peak_flops
-
     cfg, device, amp = _resolve(args)
     tokens = cfg.train.micro_batch_size * cfg.train.seq_len
     steps, notes = _implementations(cfg, device, amp, args)
@@ -200,7 +183,6 @@ def _implementations(cfg: RunConfig, device: torch.device, amp: torch.dtype | No
     notes: list[str] = []
     if args.no_peer:
         return steps, notes
-    from llmlab.export.hf import ExportError
 
     try:  # a peer that computes something else (PeerMismatch) is an error, not a skip
         step, name = _peer_step(cfg, device, amp)
@@ -228,6 +210,6 @@ def main(argv: list[str] | None = None) -> int:
         "bench": "train", "config": args.config, "overrides": args.set,
         "batch_size": cfg.train.micro_batch_size, "seq_len": cfg.train.seq_len,
         "dtype": str(out["amp"] or torch.float32).removeprefix("torch."), "flops_per_token": out["flops"],
-        "results": rows, "notes": out["notes"], "env": environment(out["device"]),
+        "results": rows, "notes": out["notes"], "env": machine(out["device"]),
     })
     return 0

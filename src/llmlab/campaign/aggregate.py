@@ -2,7 +2,7 @@
 stability of every run and the MoE routing over training -- all read from run records.
 
 The statistics are campaign/stats.py's (paired t interval, scipy); the spike rule is
-train/stability.py's; router saturation is train/routing_probe.py's.
+campaign/stability.py's; router saturation is train/routing_probe.py's.
 """
 
 from __future__ import annotations
@@ -15,9 +15,11 @@ from typing import Any
 import numpy as np
 
 from llmlab.campaign.records import VariantRecord, result
+from llmlab.campaign.stability import run_stability
 from llmlab.campaign.stats import (BootstrapInterval, OutlierRule, PairedDifference, bootstrap_difference,
                                    outlying_seeds, paired_difference, pooled_std, resolvable_difference, summarize)
 from llmlab.runs import read_eval_windows
+from llmlab.train.routing_probe import router_saturation
 
 # (result.json key, label, format): the quality figures averaged over seeds. Word perplexity is
 # in result.json only where words are defined (WikiText); bits per byte everywhere.
@@ -130,8 +132,6 @@ def window_bootstrap(records: list[VariantRecord], name: str, against: str, n_re
 def stability_rows(records: list[VariantRecord]) -> list[dict[str, Any]]:
     """Loss and gradient-norm spikes after warm-up for every finished run, seed runs then sweep
     runs (stability.py's rule)."""
-    from llmlab.train.stability import run_stability
-
     rows = []
     for record in records:
         several = len({e.get("seed") for e in record.sweep}) > 1  # sweep.seeds: name the seed too
@@ -175,7 +175,7 @@ def routing_row(name: str, run_dir: Path, metrics: list[dict[str, Any]]) -> dict
     mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
     entropy = [mean(e) for e in over["entropy"] if e]
     dropped = [mean(d) for d in over["dropped"] if d]
-    saturation = router_saturation_or_none(run_dir)
+    saturation = router_saturation(run_dir)
     middle = saturation[len(saturation) // 2] if saturation else None
     return {
         "variant": name, "max_entropy": math.log(n_experts),
@@ -183,11 +183,3 @@ def routing_row(name: str, run_dir: Path, metrics: list[dict[str, Any]]) -> dict
         "dropped_max": max(dropped) if dropped else None, "dropped_last": dropped[-1] if dropped else None,
         "saturation_mid_step": middle[0] if middle else None, "saturation_mid": middle[1] if middle else None,
     }
-
-
-def router_saturation_or_none(run_dir: Path) -> list[tuple[int, float]]:
-    """router_saturation of an MoE run; [] when nothing was recorded (a run without evaluations).
-    Imported when called: routing_probe imports torch."""
-    from llmlab.train.routing_probe import router_saturation
-
-    return router_saturation(run_dir)

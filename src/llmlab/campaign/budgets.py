@@ -1,5 +1,5 @@
 """The answer against budget: each loss hypothesis at every budget a campaign's decay branches
-reached (plan.BudgetSpec), and whether its sign changes with the budget.
+reached (spec.BudgetSpec), and whether its sign changes with the budget.
 
 At each budget the hypotheses are tested exactly as at the full one (findings.loss_hypotheses on
 that budget's branches): paired t over seeds, Holm over the hypotheses *within the budget* (the

@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from llmlab.campaign.plan import load_campaign
-from llmlab.campaign.run import run_and_report
+from llmlab.campaign.execute import run_and_report
+from llmlab.campaign.spec import load_campaign
 
 DEMO_CAMPAIGN = Path(__file__).resolve().parents[3] / "configs" / "campaigns" / "demo.toml"
 

@@ -35,16 +35,23 @@ import re
 from pathlib import Path
 from typing import Any
 
-from llmlab.campaign.plan import Campaign, Variant
-from llmlab.campaign.schedule import budget_cost
+import torch
+
+from llmlab.bench.train import our_step
+from llmlab.campaign.runlist import budget_cost
+from llmlab.campaign.spec import Campaign, Variant
 from llmlab.campaign.stats import resolvable_difference
 from llmlab.config import MoEConfig, ModelConfig
-from llmlab.data.sources import WIKITEXT
+from llmlab.data.corpus import WIKITEXT
+from llmlab.data.meta import META_FILE, read_meta
+from llmlab.errors import ConfigError
 from llmlab.model.mlp import mlp_params
 from llmlab.model.moe import expert_capacity
+from llmlab.timing import median, time_fn
+from llmlab.train.metrics import PEAK_BF16_FLOPS
 
 DEFAULT_MFU = 0.40
-# The GPU proof's records (llmlab.bench.gpu_check): gpu-<slug>.json, one per card it ran on.
+# The GPU proof's records (llmlab.gpu_check): gpu-<slug>.json, one per card it ran on.
 GPU_RESULTS_DIR = Path(__file__).resolve().parents[3] / "benchmarks" / "results"
 # Seed standard deviation of the final test loss assumed by the plan: the CPU study's (v2,
 # 2026-12-07), pooled over its compared (non-ablation) arms -- base 0.0033, base+gqa 0.0128, wider
@@ -68,8 +75,6 @@ KNOWN_TRAIN_TOKENS = {("wikitext-103", "gpt2"): 117_000_000}
 def train_split_tokens(variant: Variant) -> int | None:
     """Tokens in the prepared training split, or None when the data is not prepared (plan never
     prepares data: it must stay fast)."""
-    from llmlab.data.meta import META_FILE, read_meta
-
     data_dir = Path(variant.config.data.resolved_dir)
     if not (data_dir / META_FILE).is_file():
         return None
@@ -99,8 +104,6 @@ def measured_mfu(gpu: str, results_dir: Path = GPU_RESULTS_DIR) -> dict[str, Any
 
 
 def _gpu_record(path: Path) -> dict[str, Any]:
-    from llmlab.errors import ConfigError
-
     try:
         return json.loads(path.read_text())
     except ValueError as e:
@@ -110,8 +113,6 @@ def _gpu_record(path: Path) -> dict[str, Any]:
 
 def mfu_by_gpu(mfu: float | None, results_dir: Path = GPU_RESULTS_DIR) -> dict[str, dict[str, Any]]:
     """{gpu: {"mfu", "source"}} for each of GPUS: --mfu, else measured, else DEFAULT_MFU (assumed)."""
-    from llmlab.errors import ConfigError
-
     if mfu is not None and not 0 < mfu <= 1:
         raise ConfigError(f"--mfu must be in (0, 1]; got {mfu}")
     out = {}
@@ -175,7 +176,7 @@ def runs_per_variant(campaign: Campaign) -> dict[str, Any]:
     n_lr = len(campaign.sweep.lr) * max(1, len(campaign.sweep.seeds)) if campaign.sweep else 0  # LRs x sweep seeds
     fraction = campaign.sweep.fraction if campaign.sweep else 0.0
     seeds = len(campaign.seeds)
-    # with [budgets], each seed is a stable run and its decay branches (schedule.budget_cost)
+    # with [budgets], each seed is a stable run and its decay branches (runlist.budget_cost)
     per_seed = budget_cost(campaign, campaign.variants[0])
     branches = 1 + (len(campaign.budgets.fractions) + 1 if campaign.budgets else 0)
     return {"sweep_runs": n_lr, "seed_runs": seeds * branches, "runs": n_lr + seeds * branches, "branches": branches > 1,
@@ -183,8 +184,6 @@ def runs_per_variant(campaign: Campaign) -> dict[str, Any]:
 
 
 def variant_estimate(variant: Variant, per_variant: dict[str, Any], mfu: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    from llmlab.train.metrics import PEAK_BF16_FLOPS
-
     t = variant.config.train
     tokens = t.total_steps() * t.tokens_per_update
     split, source = train_split_tokens(variant), "meta.json"
@@ -210,11 +209,6 @@ def variant_estimate(variant: Variant, per_variant: dict[str, Any], mfu: dict[st
 def measure_cpu_rate(variant: Variant, steps: int = 3) -> float:
     """Training tokens/s of one micro-batch optimizer step on this CPU (fp32, eager), median of
     `steps` after one warm-up step."""
-    import torch
-
-    from llmlab.bench.train import our_step  # the benchmark's own timed step: model, loss, AdamW
-    from llmlab.timing import median, time_fn
-
     step = our_step(variant.config, torch.device("cpu"), None, compiled=False)
     seconds = median(time_fn(step, "cpu", repeats=steps, warmup=1))
     t = variant.config.train

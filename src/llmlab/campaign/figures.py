@@ -14,12 +14,14 @@ import numpy as np
 
 from llmlab.campaign.aggregate import by_seed, routing_over_training
 from llmlab.campaign.records import VariantRecord, infer
-from llmlab.campaign.schedule import lr_points
-from llmlab.runs import read_metrics, write_bytes_atomic
+from llmlab.campaign.records import result
+from llmlab.campaign.runlist import lr_points
+from llmlab.files import write_bytes_atomic
+from llmlab.runs import read_metrics
 
 
 def pyplot() -> Any:
-    try:
+    try:  # imported here: the Agg backend (no display) must be chosen before pyplot is imported
         import matplotlib
 
         matplotlib.use("Agg")
@@ -107,8 +109,6 @@ def params_vs_loss(records: list[VariantRecord], path: Path) -> str | None:
 
 
 def _params(record: VariantRecord) -> dict[str, int]:
-    from llmlab.campaign.records import result
-
     return result(record.first).get("params", {})
 
 

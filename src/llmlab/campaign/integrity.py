@@ -16,11 +16,14 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from llmlab.campaign.plan import Campaign
+from llmlab.campaign.spec import Campaign
 from llmlab.config import DataConfig, RunConfig, flatten
+from llmlab.data.meta import read_meta
+from llmlab.data.prepare import ensure_prepared
 from llmlab.device import resolve_device, resolve_dtype
 from llmlab.errors import ConfigError
-from llmlab.runs import read_json, write_json
+from llmlab.files import read_json, write_json
+from llmlab.runs import CONFIG_FILE
 
 FINGERPRINT_FILE = "fingerprint.json"
 # Settings that change neither the weights nor the record's figures: where files are and how often
@@ -31,15 +34,12 @@ IGNORED_KEYS = ("train.log_interval", "train.ckpt_interval", "train.keep_checkpo
 
 def run_dirname(name: str) -> str:
     """A variant's folder name: its name with anything but [A-Za-z0-9-_.] as '-'. Its runs go
-    below it: <variant>/sweep/lr-X and <variant>/seed-N (schedule.py)."""
+    below it: <variant>/sweep/lr-X and <variant>/seed-N (runlist.py)."""
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
 
 
 def data_identity(data: DataConfig) -> dict[str, Any]:
     """Prepare the data when missing (as training would) and return its identity from meta.json."""
-    from llmlab.data.meta import read_meta
-    from llmlab.data.prepare import ensure_prepared
-
     meta = read_meta(ensure_prepared(data))
     return {"data.fingerprint": meta.get("fingerprint"), "tokenizer.hash": meta.get("tokenizer", {}).get("hash")}
 
@@ -111,7 +111,7 @@ def variants_to_retrain(campaign: Campaign, out: Path, retrain: list[str]) -> li
         folder = out / run_dirname(name)
         if name in retrain and folder.is_dir():
             stale.append(_deletable(folder))
-        elif (folder / FINGERPRINT_FILE).is_file() or (folder / "config.toml").is_file():
+        elif (folder / FINGERPRINT_FILE).is_file() or (folder / CONFIG_FILE).is_file():
             raise ConfigError(f"{folder} holds a run of the single-run layout (runs now go to "
                               f"{folder}/seed-N): --retrain {name!r} or use a fresh --out")
     return stale
@@ -119,7 +119,7 @@ def variants_to_retrain(campaign: Campaign, out: Path, retrain: list[str]) -> li
 
 def _deletable(folder: Path) -> Path:
     """folder, after checking it holds run records (so --retrain never deletes anything else)."""
-    if any(folder.iterdir()) and not any(folder.rglob(FINGERPRINT_FILE)) and not (folder / "config.toml").is_file():
+    if any(folder.iterdir()) and not any(folder.rglob(FINGERPRINT_FILE)) and not (folder / CONFIG_FILE).is_file():
         raise ConfigError(f"--retrain: {folder} holds no run record (no {FINGERPRINT_FILE}, no config.toml); "
                           "not deleting it")
     return folder

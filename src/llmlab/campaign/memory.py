@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from llmlab.config import ModelConfig
+from llmlab.device import resolve_device, resolve_dtype
 from llmlab.errors import ConfigError
 from llmlab.model.accounting import inference_memory, max_fit
 
@@ -91,8 +92,6 @@ def campaign_memory(variants: list[tuple[str, ModelConfig, bool]], seq_len: int,
                     memory_gb: float | None) -> tuple[list[dict[str, Any]], str]:
     """(memory_table rows, a one-line description) for the device a campaign would run on:
     bf16 decode on CUDA, fp32 on a CPU, as the campaign measures."""
-    from llmlab.device import resolve_device, resolve_dtype
-
     device = resolve_device(device_pref)
     budget, source = memory_budget(memory_gb, device)
     dtype_bytes = resolve_dtype("auto", device).itemsize

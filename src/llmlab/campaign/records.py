@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llmlab.config import load_run_config
 from llmlab.errors import LLMLabError
-from llmlab.runs import read_json, read_metrics
+from llmlab.files import read_json
+from llmlab.runs import CONFIG_FILE, ENV_FILE, INFER_FILE, is_finished, read_metrics, read_result
 
 
 @dataclass
@@ -50,7 +52,7 @@ def load_records(directory: Path) -> tuple[list[VariantRecord], dict[str, Any]]:
         variants = [_from_campaign(directory, i, v) for i, v in enumerate(campaign["variants"])]
     else:
         campaign = {}
-        variants = [_single(p.name, None, p) for p in sorted(directory.iterdir()) if (p / "config.toml").is_file()]
+        variants = [_single(p.name, None, p) for p in sorted(directory.iterdir()) if (p / CONFIG_FILE).is_file()]
     variants = [v for v in variants if v.runs]
     if not variants:
         raise LLMLabError(f"{directory}: no finished runs (no */result.json); train them first")
@@ -64,14 +66,14 @@ def _from_campaign(directory: Path, index: int, v: dict[str, Any]) -> VariantRec
     record = VariantRecord(v["name"], kind, lr=v.get("lr"), config=v.get("config", {}))
     for run in v["runs"]:
         run_dir = directory / run["dir"]
-        if (run_dir / "result.json").is_file():
+        if is_finished(run_dir):
             record.runs[run["seed"]] = run_dir
         else:
             record.failed[run["seed"]] = run.get("status", "pending")
     record.sweep = [e | {"dir": directory / e["dir"]} for e in v.get("sweep", [])]
     for budget in v.get("budgets", []):
         for run in budget["runs"]:
-            finished = (directory / run["dir"] / "result.json").is_file()
+            finished = is_finished(directory / run["dir"])
             into = record.budgets if finished else record.budget_failed
             into.setdefault(budget["steps"], {})[run["seed"]] = (directory / run["dir"] if finished
                                                                   else run.get("status", "pending"))
@@ -81,11 +83,9 @@ def _from_campaign(directory: Path, index: int, v: dict[str, Any]) -> VariantRec
 
 def _single(name: str, kind: str | None, run_dir: Path) -> VariantRecord:
     """One run directory as a variant with one seed (read from its config.toml)."""
-    from llmlab.config import load_run_config
-
     record = VariantRecord(name, kind)
-    if (run_dir / "result.json").is_file():
-        cfg = load_run_config(run_dir / "config.toml")
+    if is_finished(run_dir):
+        cfg = load_run_config(run_dir / CONFIG_FILE)
         record.runs[cfg.train.seed] = run_dir
         record.lr, record.config = cfg.train.lr, cfg.to_dict()
     return record
@@ -122,7 +122,7 @@ def provenance(run_dirs: list[Path]) -> dict[str, Any]:
     a property of the models."""
     machines, commits, starts, ends, spans = set(), set(), [], [], []
     for run_dir in run_dirs:
-        env = read_json(run_dir / "env.json") if (run_dir / "env.json").is_file() else {}
+        env = read_json(run_dir / ENV_FILE) if (run_dir / ENV_FILE).is_file() else {}
         machines.add(f"{env.get('device_name') or env.get('platform', '?')} ({env.get('device', '?')}, "
                      f"threads={env.get('threads', '?')}, torch {env.get('torch', '?')})")
         git = env.get("git") or {}
@@ -132,8 +132,8 @@ def provenance(run_dirs: list[Path]) -> dict[str, Any]:
             starts.append(min(times))
             ends.append(max(times))
             spans.append((min(times), max(times)))
-        if (run_dir / "infer.json").is_file():
-            ends.append((run_dir / "infer.json").stat().st_mtime)
+        if (run_dir / INFER_FILE).is_file():
+            ends.append((run_dir / INFER_FILE).stat().st_mtime)
     return {"runs": len(run_dirs), "machines": sorted(machines), "commits": sorted(commits),
             "first_start": min(starts) if starts else None, "last_write": max(ends) if ends else None,
             "training_s": covered_seconds(spans)}
@@ -151,9 +151,9 @@ def covered_seconds(spans: list[tuple[float, float]]) -> float:
 
 
 def result(run_dir: Path) -> dict[str, Any]:
-    return read_json(run_dir / "result.json")
+    return read_result(run_dir)
 
 
 def infer(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "infer.json"
+    path = run_dir / INFER_FILE
     return read_json(path) if path.is_file() else {}

@@ -23,13 +23,18 @@ from llmlab.campaign import aggregate, budgets as budget_answer, figures, watch
 from llmlab.campaign.findings import findings, loss_hypotheses
 from llmlab.campaign.integrity import run_dirname
 from llmlab.campaign.memory import MEMORY_COLUMNS, describe_budget, memory_budget, memory_table
-from llmlab.campaign.plan import FLOPS_GAP, flops_gaps
 from llmlab.campaign.records import VariantRecord, all_run_dirs, load_records, provenance
 from llmlab.campaign.records import infer as infer_record, result as result_record
-from llmlab.campaign.schedule import CLIFF, choice_flags, lr_points
+from llmlab.campaign.runlist import CLIFF, choice_flags, lr_points
+from llmlab.campaign.spec import FLOPS_GAP, flops_gaps
+from llmlab.campaign.stability import SpikeRule
 from llmlab.campaign.stats import OutlierRule
+from llmlab.config import load_run_config
+from llmlab.device import resolve_device, resolve_dtype
 from llmlab.errors import LLMLabError
-from llmlab.runs import read_metrics, write_bytes_atomic
+from llmlab.files import write_bytes_atomic
+from llmlab.runs import CONFIG_FILE, read_metrics
+from llmlab.train.routing_probe import router_saturation
 
 Column = tuple[str, str, str]  # (key, header, format)
 TABLES: list[tuple[str, list[Column]]] = [  # one markdown table each: a wide one would not read
@@ -165,12 +170,9 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
 
 def memory_section(records: list[VariantRecord], memory_gb: float | None) -> tuple[list[dict[str, Any]], str]:
     """(rows, markdown): what fits a memory budget, per variant, from each first run's config.toml."""
-    from llmlab.config import load_run_config
-    from llmlab.device import resolve_device
-
     device = resolve_device("auto")
     budget, source = memory_budget(memory_gb, device)
-    configs = [(r.name, load_run_config(r.first / "config.toml"), r.kind == "ablation") for r in records]
+    configs = [(r.name, load_run_config(r.first / CONFIG_FILE), r.kind == "ablation") for r in records]
     dtype_bytes = _inference_dtype_bytes(records[0].first, device)
     seq_len = configs[0][1].train.seq_len
     rows = memory_table([(n, c.model, a) for n, c, a in configs], seq_len, budget, dtype_bytes)
@@ -180,8 +182,6 @@ def memory_section(records: list[VariantRecord], memory_gb: float | None) -> tup
 
 def _inference_dtype_bytes(run_dir: Path, device: Any) -> int:
     """Bytes per element of the dtype the campaign decoded in (infer.json), else this device's."""
-    from llmlab.device import resolve_dtype
-
     dtype = infer_record(run_dir).get("dtype")
     if dtype is None:
         dtype = str(resolve_dtype("auto", device)).removeprefix("torch.")
@@ -223,8 +223,6 @@ ROUTING_COLUMNS: list[Column] = [
 
 def method_section(campaign: dict[str, Any]) -> str:
     """How the figures were made: seeds, the LR choice rule, the spike rule, the verdict rule."""
-    from llmlab.train.stability import SpikeRule
-
     sweep = campaign.get("sweep")
     lines = ["## Method", ""]
     if campaign.get("seeds"):
@@ -296,7 +294,7 @@ def flagged_section(records: list[VariantRecord]) -> str:
 
 def sweep_section(records: list[VariantRecord], plot: str | None) -> str:
     """Each variant's LR curve (mean final val loss over the sweep seeds per grid LR), the chosen
-    point, and the choices that deserve a second look (schedule.choice_flags)."""
+    point, and the choices that deserve a second look (runlist.choice_flags)."""
     rows = []
     for r in records:
         steps = {e["lr"]: e.get("steps") for e in r.sweep}
@@ -331,7 +329,7 @@ def moe_section(records: list[VariantRecord], directory: Path) -> tuple[str, lis
         rows += seed_rows
         slug = run_dirname(r.name)
         heat = figures.moe_load(r.name, r.first, directory / f"moe_load_{slug}.png")
-        curves = figures.moe_routing(r.name, r.first, aggregate.router_saturation_or_none(r.first),
+        curves = figures.moe_routing(r.name, r.first, router_saturation(r.first),
                                      directory / f"moe_routing_{slug}.png")
         images += [x for x in (heat, curves) if x]
     if not rows:

@@ -22,6 +22,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+from scipy import stats
+
 from llmlab.errors import LLMLabError
 from llmlab.runs import WindowLosses
 
@@ -80,8 +83,6 @@ class PairedDifference:
 
 def summarize(values: Sequence[float]) -> Summary:
     """Mean ± sample std of one variant's metric over its seeds."""
-    import numpy as np
-
     if len(values) == 0:
         raise LLMLabError("no values to summarize (a variant with no finished seed)")
     a = np.asarray(values, dtype=np.float64)
@@ -95,9 +96,6 @@ def paired_difference(variant: Mapping[int, float], baseline: Mapping[int, float
 
     Both mappings are {seed: metric}. Seeds present in one and not the other are an error (a
     comparison over different seeds would not be paired): pass the common seeds explicitly."""
-    import numpy as np
-    from scipy import stats
-
     _check_confidence(confidence)
     seeds = sorted(variant)
     if set(variant) != set(baseline):
@@ -136,8 +134,6 @@ def resolvable_difference(seed_std: float, n_seeds: int, confidence: float = 0.9
     pooled two-sample t interval, t_{(1+c)/2, 2n-2} · s · √(2/n). Pairing by seed usually does
     better (it removes the noise the variants share); this is the figure for the findings text
     ("differences below X cannot be told from seed noise"). None for one seed."""
-    from scipy import stats
-
     _check_confidence(confidence)
     if n_seeds < 2:
         return None
@@ -232,8 +228,6 @@ def bootstrap_difference(variant: Mapping[int, WindowLosses], baseline: Mapping[
     (another initialisation or data order): that is the t interval's job. Windows cut across
     articles, so neighbouring windows are correlated and this interval is, if anything, narrow.
     Deterministic for a given `seed` (numpy's PCG64)."""
-    import numpy as np
-
     _check_confidence(confidence)
     if set(variant) != set(baseline) or not variant:
         raise LLMLabError(f"unpaired seeds: variant has {sorted(variant)}, baseline has {sorted(baseline)}")
@@ -253,8 +247,6 @@ def bootstrap_difference(variant: Mapping[int, WindowLosses], baseline: Mapping[
 def _window_differences(variant: Mapping[int, WindowLosses], baseline: Mapping[int, WindowLosses]) -> tuple[Any, Any]:
     """Per-seed, per-window loss differences (S, W) and the windows' target counts (W,); every
     run must have scored the same windows (same count, same targets per window)."""
-    import numpy as np
-
     tokens = np.asarray(baseline[min(baseline)].tokens, dtype=np.float64)
     rows = []
     for s in sorted(variant):
@@ -299,8 +291,6 @@ class OutlierRule:
 
 def outlying_seeds(values: Mapping[int, float], rule: OutlierRule = OutlierRule()) -> dict[int, float]:
     """{seed: robust z} of the seeds that OutlierRule flags (empty below rule.min_seeds seeds)."""
-    import numpy as np
-
     if len(values) < rule.min_seeds:
         return {}
     x = np.asarray(list(values.values()), dtype=np.float64)

@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from llmlab.campaign import aggregate
-from llmlab.campaign.plan import dispatch_text
 from llmlab.campaign.records import VariantRecord, result
+from llmlab.campaign.spec import dispatch_text
 from llmlab.config import RunConfig, load_run_config
-from llmlab.runs import read_metrics
+from llmlab.data.meta import META_FILE, read_meta
+from llmlab.runs import CONFIG_FILE, read_metrics
 
 RISE_EVALS = 2
 """Flag when each of the last RISE_EVALS evaluations is above the one before it."""
@@ -41,9 +42,7 @@ def rose_at_end(losses: list[float], evals: int = RISE_EVALS) -> bool:
 def epochs_trained(run_dir: Path, cfg: RunConfig | None = None) -> float | None:
     """Tokens trained over the training split's tokens (meta.json of the run's data), or None
     when the data folder is not on this machine."""
-    from llmlab.data.meta import META_FILE, read_meta
-
-    cfg = cfg or load_run_config(run_dir / "config.toml")
+    cfg = cfg or load_run_config(run_dir / CONFIG_FILE)
     data_dir = Path(cfg.data.resolved_dir)
     tokens = result(run_dir).get("tokens")
     if not tokens or not (data_dir / META_FILE).is_file():
@@ -72,7 +71,7 @@ def dispatch_rows(records: list[VariantRecord]) -> list[dict[str, Any]]:
     largest over training)."""
     rows = []
     for r in records:
-        cfg = load_run_config(r.first / "config.toml")
+        cfg = load_run_config(r.first / CONFIG_FILE)
         if cfg.model.moe is None:
             continue
         figures = aggregate.routing_row(r.name, r.first, read_metrics(r.first)) or {}

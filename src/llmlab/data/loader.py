@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from llmlab.data.corpus import check_split
 from llmlab.data.meta import read_meta, split_info
-from llmlab.data.sources import check_split
 from llmlab.data.tokenfile import open_tokens
 from llmlab.errors import DataError
 

@@ -19,14 +19,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from llmlab.config import DataConfig
+from llmlab.data.corpus import SPLITS, Source, dataset_label
 from llmlab.data.encode import ParallelEncoder, chunk_documents, default_workers
 from llmlab.data.meta import FORMAT, META_FILE, read_meta
-from llmlab.data.sources import SPLITS, Source, dataset_label, get_source
+from llmlab.data.sources import get_source
 from llmlab.data.tokenfile import TokenFileWriter, token_dtype
 from llmlab.data.tokenizers import Tokenizer, describe, get_tokenizer, short_hash, tokenizer_label
 from llmlab.errors import DataError
-from llmlab.runs import sha256_file, write_json
+from llmlab.files import fsync_dir, sha256_file, write_json
 
 LOCK_FILE = ".prepare.lock"
 
@@ -204,9 +207,7 @@ def _install(tmp: Path, out: Path, names: list[str]) -> None:
         os.replace(tmp / name, out / name)
     os.replace(tmp / META_FILE, out / META_FILE)
     with contextlib.suppress(OSError):  # persist the renames (not possible on every platform)
-        fd = os.open(out, os.O_RDONLY)
-        os.fsync(fd)
-        os.close(fd)
+        fsync_dir(out)
 
 
 @contextlib.contextmanager
@@ -246,8 +247,6 @@ def prepare_lock(out: Path, timeout: float | None = None, progress: bool = True)
 
 
 def _progress_bar(progress: bool, total: int | None) -> Any:
-    from tqdm import tqdm
-
     return tqdm(total=total, unit="B", unit_scale=True, disable=not (progress and sys.stderr.isatty()), leave=False)
 
 

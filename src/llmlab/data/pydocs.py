@@ -19,7 +19,8 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-from llmlab.data.sources import Source, check_split, split_of
+from llmlab.data.corpus import Source, check_split, split_of
+from llmlab.files import write_text_atomic
 from llmlab.paths import cache_dir
 
 EXTRACTOR_VERSION = "pydocs/1"  # bump when the extraction changes (it changes the documents)
@@ -59,15 +60,12 @@ def load_documents() -> list[tuple[str, str]]:
         except (ValueError, TypeError):
             pass  # a damaged cache entry: rebuild it
     docs = topic_documents() + [(f"module:{m}", t) for m, f in files if (t := module_text(m, f))]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(docs), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(docs))
     return docs
 
 
 def topic_documents() -> list[tuple[str, str]]:
-    from pydoc_data.topics import topics
+    from pydoc_data.topics import topics  # ~1 MB of text, read only when the corpus is (re)built
 
     return [(f"topic:{key}", topics[key]) for key in sorted(topics) if topics[key].strip()]
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from llmlab.errors import DataError
-from llmlab.runs import sha256_file
+from llmlab.files import sha256_file
 
 MAGIC = b"LLMLABTK"
 VERSION = 1

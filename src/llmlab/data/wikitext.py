@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import AnyStr
 
-from llmlab.data.sources import WIKITEXT, Source, check_split, hash_files
+from llmlab.data.corpus import WIKITEXT, Source, check_split, hash_files
 from llmlab.errors import DataError
 
 HUB_REPO = "Salesforce/wikitext"

@@ -21,8 +21,12 @@ from typing import Any
 import torch
 
 from llmlab.config import to_dict
+from llmlab.data.tokenizers import get_tokenizer
 from llmlab.export.hf import ExportError, hf_architecture, routing_notes, to_transformers
 from llmlab.export.hf_tokenizer import write_tokenizer
+from llmlab.files import fsync_dir, fsync_tree
+from llmlab.infer.load import load_run_model
+from llmlab.runs import resolve_run_dir
 
 FORMATS = ("hf",)
 PROVENANCE = "llmlab.json"
@@ -44,13 +48,11 @@ def check_target(out: Path, force: bool) -> None:
 def export_run(run_dir: str | Path, out: str | Path, fmt: str = "hf", force: bool = False) -> dict[str, Any]:
     """Export the newest good checkpoint of `run_dir` into `out`; returns a summary (architecture,
     files, step, notes on what differs)."""
-    from llmlab.data.tokenizers import get_tokenizer
-    from llmlab.runs import load_run_model
-
     if fmt not in FORMATS:
         raise ExportError(f"--format must be one of {', '.join(FORMATS)}; got {fmt!r}")
     out = Path(out).resolve()  # "." or "x/.." have no usable name for the staging folder
     check_target(out, force)
+    run_dir = resolve_run_dir(run_dir)  # a variant folder: its seed-0 run
     cfg, entry, model = load_run_model(run_dir, torch.device("cpu"))
     arch = hf_architecture(cfg.model)  # refuse before any work
     tokenizer = get_tokenizer(cfg.data.tokenizer, cfg.data.tokenizer_file or None)
@@ -66,7 +68,7 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str = "hf", force: boo
         _save_model(hf, staging)
         write_tokenizer(tokenizer, staging, cfg.model.max_seq_len)
         (staging / PROVENANCE).write_text(json.dumps(provenance, indent=2) + "\n")
-        _fsync_tree(staging)
+        fsync_tree(staging)
         _move_into_place(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -76,7 +78,7 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str = "hf", force: boo
 
 def _save_model(hf: Any, folder: Path) -> None:
     """save_pretrained without its progress bar (the CLI prints one summary line)."""
-    from transformers.utils import logging as hf_logging
+    from transformers.utils import logging as hf_logging  # optional ([bench] extra): require_transformers ran
 
     was_enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
@@ -87,21 +89,9 @@ def _save_model(hf: Any, folder: Path) -> None:
             hf_logging.enable_progress_bar()
 
 
-def _fsync_tree(folder: Path) -> None:
-    """Flush every file and the folder itself, so the rename publishes complete files."""
-    from llmlab.runs import fsync_dir
-
-    for path in folder.iterdir():
-        with open(path, "rb") as f:
-            os.fsync(f.fileno())
-    fsync_dir(folder)
-
-
 def _move_into_place(staging: Path, out: Path) -> None:
     """Rename `staging` to `out`; an existing `out` (empty, or replaced under --force) is moved
     aside first and deleted only once the new folder is in place."""
-    from llmlab.runs import fsync_dir
-
     if not out.exists():
         os.rename(staging, out)
         fsync_dir(out.parent)

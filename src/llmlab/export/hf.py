@@ -25,6 +25,7 @@ from torch import nn
 
 from llmlab.config import ModelConfig, MoEConfig
 from llmlab.errors import LLMLabError
+from llmlab.infer import generate
 from llmlab.model.gpt import GPT
 from llmlab.model.moe import MoE
 
@@ -158,7 +159,7 @@ def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
 def to_transformers(model: GPT, *, eos_token_id: int | None = None, attn_implementation: str = "sdpa") -> Any:
     """A transformers PreTrainedModel computing the same function as `model` (its own copy of the
     weights, same dtype and device, eval mode). Raises ExportError when there is no equivalent."""
-    transformers = require_transformers()
+    transformers = require_transformers()  # optional ([bench] extra): imported on use, after a clear error
     from transformers.initialization import no_init_weights
 
     ref = model.lm_head.weight
@@ -175,7 +176,7 @@ def to_transformers(model: GPT, *, eos_token_id: int | None = None, attn_impleme
 
 def moe_to_transformers(moe: MoE, d_model: int, experts_implementation: str = "eager") -> nn.Module:
     """transformers' MixtralSparseMoeBlock with the weights of our MoE layer (bench moe's peer)."""
-    require_transformers()
+    require_transformers()  # optional, as above
     from transformers import MixtralConfig
     from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
 
@@ -205,8 +206,6 @@ def check_same_function(model: GPT, peer: Any, idx: torch.Tensor, greedy_tokens:
     """Raise PeerMismatch unless `peer` (a transformers causal LM) gives logits within `atol` of
     ours on idx (B, T) and, when greedy_tokens > 0, the same greedy continuation of idx (both with
     their KV caches). For fp32 models; call it before casting either side to a lower precision."""
-    from llmlab.infer import generate
-
     was_training = (model.training, peer.training)
     model.eval(), peer.eval()
     try:

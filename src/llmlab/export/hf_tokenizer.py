@@ -69,7 +69,7 @@ def gpt2_vocab_merges(ranks: dict[bytes, int], eot_id: int) -> tuple[dict[str, i
 def _byte_level_bpe(vocab: dict[str, int], merges: list[tuple[str, str]], split_pattern: str | None) -> Any:
     """A `tokenizers.Tokenizer`: optional regex split (tiktoken's own pattern, so the splits are
     the same as llmlab's), byte-level mapping, BPE, <|endoftext|> as the one special token."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers  # HF's, as in data.tokenizers: on use
 
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
@@ -85,7 +85,7 @@ def _byte_level_bpe(vocab: dict[str, int], merges: list[tuple[str, str]], split_
 
 def hf_tokenizer(tokenizer: Tokenizer) -> tuple[Any, dict[str, Any]]:
     """(tokenizers.Tokenizer, extra files {name: str content}) equivalent to `tokenizer`."""
-    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import Tokenizer as HFTokenizer  # on use, as above
 
     if isinstance(tokenizer, GPT2Tokenizer):
         vocab, merges = gpt2_vocab_merges(tokenizer._load_ranks(), tokenizer.eot_id)

@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import statistics
 import sys
-import time
 import types
 import warnings
 import weakref
@@ -64,11 +63,11 @@ import torch
 import torch._inductor.config
 from torch._dynamo.utils import compilation_time_metrics, counters
 
-from llmlab.infer.generate import DecodeFn, check_compile, check_threads, decode_context, decode_step
+from llmlab.infer.step import DecodeFn, check_threads, decode_context, decode_step, parse_compile_mode
 from llmlab.model import GPT
 from llmlab.model.kv_cache import KVCache
-from llmlab.model.moe import check_compilable
-from llmlab.timing import intra_op_threads, sync, time_round_robin
+from llmlab.model.moe_advice import check_compilable
+from llmlab.timing import clock, intra_op_threads, sync, time_round_robin
 
 TRIAL_ROUNDS, TRIAL_STEPS = 5, 8
 """The thread trial: rounds (interleaved across thread counts; the median counts) of steps each."""
@@ -146,7 +145,7 @@ def compiled_decode_step(model: GPT, batch_size: int, cache_len: int, warm_pos: 
     nothing it leaves is ever read. decode_threads: compile at this count only (None: chosen by
     timing on a CPU, see the module docstring). verbose: show inductor's autotuning tables.
     """
-    mode = check_compile(mode) or "default"
+    mode = parse_compile_mode(mode) or "default"
     check_threads(decode_threads)
     device, dtype = model.lm_head.weight.device, model.lm_head.weight.dtype
     base = (batch_size, cache_len, str(device), dtype, mode)
@@ -159,7 +158,7 @@ def compiled_decode_step(model: GPT, batch_size: int, cache_len: int, warm_pos: 
     check_compilable(model.config.moe, compile=True, dtype=dtype, use="decode", device=device)  # before any work
     token = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
     pos = torch.tensor([warm_pos], device=device)
-    t0 = time.perf_counter()
+    t0 = clock(device)
     tuned = autotune_tally()
     candidates = thread_candidates(device, decode_threads)
     missing = [n for n in candidates if base + (n,) not in entry.steps]  # another call's step is reused
@@ -167,7 +166,7 @@ def compiled_decode_step(model: GPT, batch_size: int, cache_len: int, warm_pos: 
         entry.steps[base + (n,)] = compile_at(model, batch_size, cache_len, mode, n, token, pos, verbose)
     built = [entry.steps[base + (n,)] for n in candidates]
     best = built[0] if len(built) == 1 else fastest(model, built, token, pos)
-    seconds = time.perf_counter() - t0
+    seconds = clock(device) - t0  # compile_at syncs after each warm-up
     if mode == "max-autotune" and missing:
         autotune_summary(autotune_tally(tuned), seconds, best.threads)
     entry.chosen[ask] = best.threads

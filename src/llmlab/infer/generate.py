@@ -13,91 +13,17 @@ token) are timed apart by `generate_timed`.
 
 from __future__ import annotations
 
-import contextlib
-import math
-import time
 from dataclasses import dataclass, replace
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 
-from llmlab.config import COMPILE_MODES
 from llmlab.errors import ConfigError
+from llmlab.infer.compiled import compiled_decode_step
+from llmlab.infer.step import (DecodeFn, check_sampling, check_threads, decode_context, decode_step,
+                               parse_compile_mode, prefill, sample)
 from llmlab.model import GPT
-from llmlab.timing import intra_op_threads, sync
-
-DecodeFn = Callable[[GPT, torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def check_sampling(temperature: float, top_k: int | None) -> None:
-    """Reject sampling arguments that would silently mean something else."""
-    if not math.isfinite(temperature) or temperature < 0.0:
-        raise ConfigError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise ConfigError(f"top_k must be an integer >= 1 (or None: the whole vocabulary), got {top_k!r}")
-
-
-def check_compile(compile: bool | str) -> str | None:
-    """compile=False -> None (eager), True -> "default", or one of COMPILE_MODES."""
-    if compile is False or compile is None:
-        return None
-    if compile is True:
-        return "default"
-    if compile not in COMPILE_MODES:
-        raise ConfigError(f"compile must be True, False or one of {', '.join(COMPILE_MODES)}; got {compile!r}")
-    return compile
-
-
-def check_threads(decode_threads: int | None) -> None:
-    if decode_threads is not None and (not isinstance(decode_threads, int) or isinstance(decode_threads, bool)
-                                       or decode_threads < 1):
-        raise ConfigError(f"decode_threads must be an integer >= 1 (or None: the caller's count, or for a "
-                          f"compiled CPU step the faster of it and 1), got {decode_threads!r}")
-
-
-def sample(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = None,
-           generator: torch.Generator | None = None) -> torch.Tensor:
-    """logits (B, V) -> next ids (B, 1). temperature 0 = greedy (argmax)."""
-    if temperature <= 0.0:
-        return logits.argmax(dim=-1, keepdim=True)
-    logits = logits.float() / temperature
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1): the k-th largest logit
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator)
-
-
-@contextlib.contextmanager
-def decode_context() -> Iterator[None]:
-    """Gradients off and inference mode off, whatever the caller's context (`torch.no_grad`,
-    `torch.inference_mode`, neither): `generate` and the compiled step's warm-up run in it.
-
-    Why one fixed context: dynamo guards a compiled graph on the grad mode and on the dispatch keys
-    of its inputs, and inside `inference_mode` every tensor -- ordinary ones too -- shows other keys.
-    A step compiled in one context and called in another would be recompiled silently, inside the
-    timed loop and without the frozen weights `compiled_decode_step` patches in (issue 20 measured
-    311 against 1,224-1,522 tok/s). Why inference mode *off* rather than on: what generation keeps
-    and returns stays ordinary tensors -- a compiled step's KV caches live across calls and are
-    written in place, which inference tensors refuse outside inference mode, and the returned ids
-    can feed autograd. A caller's inference tensors (a prompt) are only read, which is allowed.
-    """
-    with torch.inference_mode(False), torch.no_grad():
-        yield
-
-
-def decode_step(model: GPT, token: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
-    """One cached step: token (B, 1) at position input_pos (1,) -> logits (B, V). Compile this."""
-    return model(token, input_pos=input_pos, logits_to_keep=1).logits[:, -1]
-
-
-def prefill(model: GPT, idx: torch.Tensor) -> torch.Tensor:
-    """Write the prompt (B, T) into the cache; return the last position's logits (B, V). The prompt
-    starts at position 0, so it attends over its own T slots only (kv_len), not the whole cache."""
-    T = idx.shape[1]
-    input_pos = torch.arange(T, device=idx.device)
-    return model(idx, input_pos=input_pos, logits_to_keep=1, kv_len=T).logits[:, -1]
-
+from llmlab.timing import clock, intra_op_threads  # at timing boundaries only, never per token
 
 def check_lengths(model: GPT, idx: torch.Tensor, max_new_tokens: int) -> None:
     limit = model.config.max_seq_len
@@ -166,7 +92,7 @@ def generate_timed(model: GPT, idx: torch.Tensor, max_new_tokens: int, use_kv_ca
     check_lengths(model, idx, max_new_tokens)
     check_sampling(temperature, top_k)
     check_threads(decode_threads)
-    mode = check_compile(compile)
+    mode = parse_compile_mode(compile)
     if mode and (decode_fn is not None or not use_kv_cache):
         raise ConfigError("compile=True compiles the cached decode step: it needs use_kv_cache=True and no decode_fn")
     generator = None
@@ -180,15 +106,13 @@ def generate_timed(model: GPT, idx: torch.Tensor, max_new_tokens: int, use_kv_ca
     try:
         compile_s = trial = None
         if mode:
-            from llmlab.infer.compiled import compiled_decode_step  # compiled imports this module
-
             # Compiling (reported apart) installs the step's own caches, kept across calls.
             compiled, compile_s = compiled_decode_step(model, B, T + max_new_tokens, warm_pos=T, mode=mode,
                                                        decode_threads=decode_threads, verbose=verbose)
             decode_fn, decode_threads, trial = compiled.step, compiled.threads, compiled.thread_trial_ms
-            t0 = _clock(idx.device)
+            t0 = clock(idx.device)
         else:
-            t0 = _clock(idx.device)  # allocating the cache is part of prefill, as in HF's generate()
+            t0 = clock(idx.device)  # allocating the cache is part of prefill, as in HF's generate()
             model.setup_kv_cache(B, T + max_new_tokens)
         ids, times = _generate_cached(model, idx, max_new_tokens, pick, decode_fn or decode_step, compile_s, t0,
                                       decode_threads or torch.get_num_threads())
@@ -206,7 +130,7 @@ def _generate_cached(model: GPT, idx: torch.Tensor, max_new_tokens: int,
     tokens = [idx]
     if max_new_tokens > 0:
         tokens.append(pick(prefill(model, idx)))
-    t1 = _clock(device)
+    t1 = clock(device)
     # One position tensor, advanced in place: no per-step allocation, and the same input to a
     # compiled step at every position.
     input_pos = torch.tensor([T], device=device)
@@ -214,25 +138,19 @@ def _generate_cached(model: GPT, idx: torch.Tensor, max_new_tokens: int,
         for _ in range(max_new_tokens - 1):
             tokens.append(pick(decode_fn(model, tokens[-1], input_pos)))
             input_pos += 1
-        t2 = _clock(device)
+        t2 = clock(device)
     times = GenerationTimes(t1 - t0, t2 - t1, max(max_new_tokens - 1, 0) * idx.shape[0], compile_s, threads)
     return torch.cat(tokens, dim=1), times
 
 
 def _generate_uncached(model: GPT, idx: torch.Tensor, max_new_tokens: int,
                        pick: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, GenerationTimes]:
-    t0 = t1 = _clock(idx.device)
+    t0 = t1 = clock(idx.device)
     for i in range(max_new_tokens):
         logits = model(idx, logits_to_keep=1).logits[:, -1]  # the whole prefix, the head on one position
         idx = torch.cat([idx, pick(logits)], dim=1)
         if i == 0:
-            t1 = _clock(idx.device)  # after the first token: prefill
-    t2 = _clock(idx.device)
+            t1 = clock(idx.device)  # after the first token: prefill
+    t2 = clock(idx.device)
     return idx, GenerationTimes(t1 - t0, t2 - t1, max(max_new_tokens - 1, 0) * idx.shape[0],
                                 decode_threads=torch.get_num_threads())
-
-
-def _clock(device: torch.device) -> float:
-    """perf_counter after the device's queued work (timing boundaries only, never per token)."""
-    sync(device)
-    return time.perf_counter()

@@ -15,7 +15,8 @@ from typing import Any, Callable, Iterable
 import torch
 
 from llmlab.errors import ConfigError
-from llmlab.infer.generate import GenerationTimes, check_compile, generate_timed
+from llmlab.infer.generate import GenerationTimes, generate_timed
+from llmlab.infer.step import parse_compile_mode
 from llmlab.model import GPT
 
 CASES = ("kv_cache", "no_cache", "compiled")
@@ -63,7 +64,7 @@ def measure_decode(model: GPT, *, batch_size: int, context: int, new_tokens: int
     cases = tuple(cases)
     for case in cases:
         case_kwargs(case)
-    check_compile(compile_mode)
+    parse_compile_mode(compile_mode)
     if not 1 <= new_tokens < context <= model.config.max_seq_len:
         raise ConfigError(f"need 1 <= new_tokens ({new_tokens}) < context ({context}) <= "
                           f"model.max_seq_len ({model.config.max_seq_len})")

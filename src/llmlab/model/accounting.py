@@ -17,6 +17,7 @@ import dataclasses
 import math
 
 from llmlab.config import ModelConfig
+from llmlab.errors import ConfigError
 from llmlab.model.attention import attention_params
 from llmlab.model.mlp import mlp_params
 from llmlab.model.moe import expert_capacity, moe_params
@@ -97,8 +98,6 @@ def solve_iso_params(cfg: ModelConfig, target: int, free: str, key: str = "activ
 
     Widths move in steps of `multiple_of` (alignment for fast matmuls). Raises ConfigError when
     even the best value is more than `tolerance` away, naming the figures."""
-    from llmlab.errors import ConfigError
-
     if free not in FREE_DIMS:
         raise ConfigError(f"free dimension must be one of {', '.join(FREE_DIMS)}; got {free!r}")
     if free == "moe.d_ff_expert" and cfg.moe is None:

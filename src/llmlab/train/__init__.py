@@ -1,4 +1,4 @@
-"""Training: a pure LR schedule, AdamW, the train step, atomic checkpoints, metrics, torchrun.
+"""Training: a pure LR schedule, AdamW, the train step, metrics, torchrun (checkpoints: llmlab.checkpoint).
 
 `train(run_cfg, run_dir)` runs (or resumes) one run; `evaluate_run(run_dir, split)` re-evaluates
 a finished or interrupted one. Exit codes of `llmlab train`: see `llmlab.train.signals`.

@@ -21,9 +21,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from llmlab.checkpoint import ckpt_dir, read_manifest, write_manifest
 from llmlab.config import RunConfig
 from llmlab.errors import ConfigError
-from llmlab.runs import METRICS_FILE, ckpt_dir, read_json, read_manifest, write_json, write_manifest
+from llmlab.files import read_json, write_json
+from llmlab.runs import ENV_FILE, METRICS_FILE
 from llmlab.train.routing_probe import recorded_files, routing_file
 from llmlab.train.schedule import wsd_decay_start
 
@@ -62,7 +64,7 @@ def seed_branch(stable_dir: str | Path, cfg: RunConfig, branch_dir: str | Path) 
                           f"starts (it keeps {[e.step for e in kept]}): train it with {step} in train.ckpt_at (a "
                           "checkpoint kept at that very step)")
     ckpt_dir(branch_dir).mkdir(parents=True, exist_ok=True)
-    for name in ("env.json", METRICS_FILE):
+    for name in (ENV_FILE, METRICS_FILE):
         if (stable_dir / name).is_file():
             shutil.copyfile(stable_dir / name, branch_dir / name)
     # An MoE run's router decisions at the evaluations the branch shares with the stable run (the

@@ -16,6 +16,7 @@ from typing import Any, Iterator
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from llmlab.device import resolve_device
 
@@ -73,13 +74,13 @@ def wrap_for_training(step_module: nn.Module, model: nn.Module, info: DistInfo, 
     if parallelism == "fsdp":
         _fully_shard(model, info)
         return step_module
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
     device_ids = [info.device.index] if info.device.type == "cuda" else None
-    return DDP(step_module, device_ids=device_ids)
+    return DistributedDataParallel(step_module, device_ids=device_ids)
 
 
 def _fully_shard(model: nn.Module, info: DistInfo) -> None:
+    # FSDP2 and distributed checkpointing: loaded by multi-process FSDP runs only (heavy, and absent
+    # from torch builds without distributed support)
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
@@ -119,8 +120,6 @@ def is_fsdp(model: nn.Module) -> bool:
 
 def is_ddp(module: nn.Module) -> bool:
     """DDP-wrapped, compiled or not (torch.compile wraps it in an OptimizedModule)."""
-    from torch.nn.parallel import DistributedDataParallel
-
     return isinstance(getattr(module, "_orig_mod", module), DistributedDataParallel)
 
 

@@ -25,13 +25,14 @@ import torch
 from torch import nn
 
 from llmlab.config import RunConfig
+from llmlab.data.corpus import WIKITEXT
 from llmlab.data.loader import eval_batches
-from llmlab.data.sources import WIKITEXT
+from llmlab.device import autocast_dtype, resolve_device
 from llmlab.errors import CheckpointError, ConfigError
-from llmlab.device import resolve_device
-from llmlab.runs import load_run_model
+from llmlab.infer.load import load_run_model
+from llmlab.runs import resolve_run_dir
 from llmlab.train.distributed import DistInfo
-from llmlab.train.setup import autocast_dtype, compile_fn, prepare_data
+from llmlab.train.setup import compile_fn, prepare_data
 from llmlab.train.step import EvalFn, bind_eval_loss, eval_context, evaluate_windows
 
 SPLITS = ("val", "test")
@@ -87,8 +88,8 @@ def evaluate_run(run_dir: str | Path, split: str = "val", device: str = "auto",
                  max_windows: int | None = None, stride: int | None = None) -> dict[str, Any]:
     """Evaluate the newest checkpoint that verifies. val uses train.eval_windows fixed windows
     unless max_windows is given; test is the whole split. stride: see `eval_batches` (None =
-    the run's train.eval_stride)."""
-    run_dir = Path(run_dir)
+    the run's train.eval_stride). A variant folder stands for its seed-0 run."""
+    run_dir = resolve_run_dir(run_dir)
     if split not in SPLITS:
         raise CheckpointError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     info = DistInfo(rank=0, world_size=1, local_rank=0, device=resolve_device(device))
@@ -96,7 +97,7 @@ def evaluate_run(run_dir: str | Path, split: str = "val", device: str = "auto",
     if stride is not None and not 1 <= stride <= cfg.train.seq_len:
         raise ConfigError(f"--stride ({stride}) must be between 1 and the run's seq_len ({cfg.train.seq_len})")
     data_dir, meta = prepare_data(cfg.data, info)
-    amp = autocast_dtype(cfg.train, info.device)
+    amp = autocast_dtype(cfg.train.dtype, info.device)
     windows = max_windows if max_windows is not None else (cfg.train.eval_windows if split == "val" else None)
     fn = compile_fn(bind_eval_loss(model, amp), cfg.train)
     figures = evaluate_split(fn, model, cfg, data_dir, meta, split, windows, info.device, stride)

@@ -16,7 +16,6 @@ loader, and the counters. Run directory (DESIGN.md section 2):
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -26,22 +25,28 @@ from typing import Any, NoReturn
 import torch
 from torch import nn
 
+from llmlab import checkpoint
 from llmlab.config import RunConfig
+from llmlab.data.loader import TrainLoader
+from llmlab.device import autocast_dtype
+from llmlab.environment import run_environment
 from llmlab.errors import LLMLabError
-from llmlab.model.moe import check_compilable, dispatch_advice
-from llmlab.runs import write_eval_windows, write_json
-from llmlab.train import checkpoint, distributed
-from llmlab.train.evaluate import evaluate_split
+from llmlab.files import write_json
+from llmlab.model.accounting import count
+from llmlab.model.moe_advice import check_compilable, dispatch_advice
+from llmlab.runs import ENV_FILE, RESULT_FILE, is_finished, read_result, write_eval_windows
+from llmlab.train import distributed
 from llmlab.train.distributed import DistInfo, any_rank, broadcast_object, gather_objects
+from llmlab.train.evaluate import evaluate_split
 from llmlab.train.lock import RunDirBusy, RunLock
 from llmlab.train.metrics import MetricsWriter, Progress, StepSeries, Throughput, mfu, peak_flops, peak_memory_mb, routing_stats, truncate_after
-from llmlab.train.optim import build_optimizer, set_lr
-from llmlab.train.record import check_resumable, environment, identity, training_changes, write_config
+from llmlab.train.optim import set_lr
+from llmlab.train.record import check_resumable, identity, training_changes, write_config
 from llmlab.train.routing_probe import probe_batch, record_routing, truncate_routing
 from llmlab.train.schedule import lr_at
-from llmlab.train.setup import autocast_dtype, build_model, compile_fn, prepare_data, rng_state, set_rng_state
+from llmlab.train.setup import build_trainable, compile_fn, prepare_data, rng_state, set_rng_state
 from llmlab.train.signals import EXIT_DIVERGED, EXIT_OK, EXIT_STOPPED, StopRequest
-from llmlab.train.step import EvalFn, LossHead, StepResult, bind_eval_loss, train_step
+from llmlab.train.step import EvalFn, StepResult, bind_eval_loss, train_step
 
 
 class TrainingDiverged(LLMLabError):
@@ -136,13 +141,10 @@ def _lock_on_main(lock: RunLock, info: DistInfo) -> None:
 
 
 def _build(cfg: RunConfig, run_dir: Path, info: DistInfo) -> Run:
-    from llmlab.data.loader import TrainLoader
-    from llmlab.model.accounting import count
-
     tc = cfg.train
     grad_accum = tc.grad_accum(info.world_size)  # validates tokens_per_update first
     total_steps = tc.total_steps()
-    amp = autocast_dtype(tc, info.device)
+    amp = autocast_dtype(tc.dtype, info.device)
     check_compilable(cfg.model.moe, compile=tc.compile, dtype=amp, device=info.device)  # before any data
     advice = dispatch_advice(cfg.model.moe, info.device, compile=tc.compile, dtype=amp)
     if advice and info.is_main:  # which MoE dispatch runs on this device, and where it is slow
@@ -151,18 +153,15 @@ def _build(cfg: RunConfig, run_dir: Path, info: DistInfo) -> Run:
     if info.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # the fp32 leftovers of autocast
         torch.backends.cudnn.allow_tf32 = True
-    model = build_model(cfg.model, tc.seed, info.device)
-    train_module = distributed.wrap_for_training(LossHead(model, amp, info.device.type), model, info, tc.parallelism)
-    # DDP's optimizer splits graphs at gradient-bucket boundaries (overlapping all-reduce with
-    # backward), so fullgraph is for single-process and FSDP runs only.
-    compiled = compile_fn(train_module, tc, fullgraph=not distributed.is_ddp(train_module))
+    parts = build_trainable(cfg, info.device, amp, seed=tc.seed, compile=tc.compile, info=info)
+    model = parts.model
     # Updates of tokens_per_update / seq_len windows: the data order does not depend on micro_batch_size.
     loader = TrainLoader(data_dir, tc.seq_len, tc.micro_batch_size, windows_per_update=tc.tokens_per_update // tc.seq_len,
                          seed=tc.seed, rank=info.rank, world_size=info.world_size, vocab_size=cfg.model.vocab_size)
     return Run(
-        cfg=cfg, run_dir=run_dir, info=info, model=model, train_module=compiled,
+        cfg=cfg, run_dir=run_dir, info=info, model=model, train_module=parts.module,
         eval_fn=compile_fn(bind_eval_loss(model, amp), tc),
-        optimizer=build_optimizer(model, tc, info.device), loader=loader, data_dir=data_dir, meta=meta,
+        optimizer=parts.optimizer, loader=loader, data_dir=data_dir, meta=meta,
         amp_dtype=amp, grad_accum=grad_accum, total_steps=total_steps,
         flops_per_token=count(cfg.model, seq_len=tc.seq_len)["flops_per_token"],
         probe=probe_batch(data_dir, tc.seq_len, cfg.model.vocab_size) if cfg.model.moe is not None else None,
@@ -173,9 +172,9 @@ def _session(run: Run, stop: StopRequest) -> TrainOutcome:
     state = _load_checkpoint(run)
     if state is not None:
         check_resumable(state["identity"], identity(run.cfg.to_dict(), run.meta, run.info.world_size), run.run_dir)
-        if state["step"] >= run.total_steps and (run.run_dir / "result.json").is_file():
-            print(f"llmlab: {run.run_dir} is complete (step {state['step']}); see result.json", flush=True)
-            return TrainOutcome("completed", state["step"], run.total_steps, json.loads((run.run_dir / "result.json").read_text()))
+        if state["step"] >= run.total_steps and is_finished(run.run_dir):
+            print(f"llmlab: {run.run_dir} is complete (step {state['step']}); see {RESULT_FILE}", flush=True)
+            return TrainOutcome("completed", state["step"], run.total_steps, read_result(run.run_dir))
     if run.info.is_main:
         # Rows logged after the checkpoint (all of them, when a killed run left none) are about to
         # be replayed: drop them, so metrics.jsonl reads as one uninterrupted run; likewise the
@@ -209,7 +208,7 @@ def _start_or_resume(run: Run, state: dict[str, Any] | None) -> None:
         torch.manual_seed(run.cfg.train.seed + run.info.rank)  # dropout stream, distinct per rank
         if run.info.is_main:
             write_config(run.run_dir, run.cfg.to_dict())
-            write_json(run.run_dir / "env.json", environment(run.info.device, _dtype(run), run.info.world_size))
+            write_json(run.run_dir / ENV_FILE, run_environment(run.info.device, _dtype(run), run.info.world_size))
             run.emit({"event": "start", "step": 0, "total_steps": run.total_steps, "time": time.time()})
         return
     distributed.load_full_state(run.model, run.optimizer, state["model"], state["optimizer"])
@@ -221,7 +220,7 @@ def _start_or_resume(run: Run, state: dict[str, Any] | None) -> None:
         changes = training_changes(state["config"], run.cfg.to_dict())
         write_config(run.run_dir, run.cfg.to_dict())
         run.emit({"event": "resume", "step": run.step, "changes": changes, "time": time.time(),
-                  "env": environment(run.info.device, _dtype(run), run.info.world_size)})
+                  "env": run_environment(run.info.device, _dtype(run), run.info.world_size)})
         print(f"llmlab: resuming {run.run_dir} at step {run.step}"
               + (f"; changed: {changes}" if changes else ""), flush=True)
 
@@ -357,8 +356,6 @@ def _log_eval(run: Run) -> dict[str, float]:
 
 def _finish(run: Run) -> dict[str, Any]:
     """Final checkpoint, validation and test figures, result.json."""
-    from llmlab.model.accounting import count
-
     if run.saved_step != run.step:
         _save(run)
     val = _log_eval(run)
@@ -375,7 +372,7 @@ def _finish(run: Run) -> dict[str, Any]:
     }
     if run.info.is_main:
         write_eval_windows(run.run_dir, "test", windows)
-        write_json(run.run_dir / "result.json", result)
+        write_json(run.run_dir / RESULT_FILE, result)
         run.progress.message(
             f"done: val_loss {val['loss']:.4f} (ppl {val['ppl']:.2f}), test_loss {test['loss']:.4f} "
             f"(ppl {test['ppl']:.2f})" + (f", {rate:,.0f} tokens/s" if rate else "")

@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import torch
+from tqdm import tqdm
 
-from llmlab.runs import METRICS_FILE, read_metrics, write_bytes_atomic
+from llmlab.files import write_bytes_atomic
+from llmlab.runs import METRICS_FILE, read_metrics
 
 WALL_CLOCK_FIELDS = ("time", "tokens_per_s", "mfu", "mem_mb", "first_step_s")
 """Fields of a metrics row that depend on the moment and the process, not on the run: a run
@@ -195,8 +197,6 @@ class Progress:
         self.enabled = enabled
         self._bar = None
         if enabled and stream.isatty():
-            from tqdm import tqdm
-
             self._bar = tqdm(total=total_steps, initial=start_step, unit="step", file=stream, dynamic_ncols=True)
         self._t0, self._step0 = time.perf_counter(), start_step
 

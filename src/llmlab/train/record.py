@@ -1,22 +1,15 @@
-"""Every run is a record (STYLE.md item 10): resolved config, environment, result; and the rule
-for what may change when a run is resumed."""
+"""Every run is a record (STYLE.md item 10): its resolved config (its environment is
+llmlab.environment.run_environment), and the rule for what may change when a run is resumed."""
 
 from __future__ import annotations
 
-import os
-import platform
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from llmlab.config import dump_toml, flatten
 from llmlab.errors import CheckpointError
-from llmlab.runs import write_bytes_atomic
+from llmlab.files import write_bytes_atomic
+from llmlab.runs import CONFIG_FILE
 
 # Settings a resumed run must share with its checkpoint, besides the whole [model] table and the
 # data identity: they fix which windows each update sees (the loader cuts each epoch's permutation
@@ -28,42 +21,7 @@ RETIRED_KEYS = ("train.micro_batch_size",)
 
 
 def write_config(run_dir: Path, config: dict[str, Any]) -> None:
-    write_bytes_atomic(Path(run_dir) / "config.toml", dump_toml(config).encode())
-
-
-def git_info() -> dict[str, Any]:
-    """Commit of the llmlab source tree (None outside a git checkout) and whether it had edits."""
-    src = Path(__file__).resolve().parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=src, capture_output=True, text=True,
-                                timeout=10, check=True).stdout.strip()
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=src,
-                                capture_output=True, text=True, timeout=10, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
-    return {"commit": commit, "dirty": bool(status.strip())}
-
-
-def environment(device: torch.device, dtype: torch.dtype, world_size: int) -> dict[str, Any]:
-    from llmlab import __version__
-
-    env = {
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "host": socket.gethostname(),
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "torch": torch.__version__,
-        "llmlab": __version__,
-        "git": git_info(),
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
-        "cuda": torch.version.cuda,
-        "dtype": str(dtype).removeprefix("torch."),
-        "world_size": world_size,
-        "threads": torch.get_num_threads(),
-        "pid": os.getpid(),
-    }
-    return env
+    write_bytes_atomic(Path(run_dir) / CONFIG_FILE, dump_toml(config).encode())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -29,7 +29,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from llmlab.data.loader import open_split
 from llmlab.errors import LLMLabError
+from llmlab.files import write_bytes_atomic
+from llmlab.model.moe import MoE
+from llmlab.train.step import eval_context
 
 ROUTING_DIR = "routing"
 PROBE_WINDOWS = 8
@@ -40,8 +44,6 @@ def probe_batch(data_dir: str | Path, seq_len: int, vocab_size: int | None = Non
     """The fixed probe: the first PROBE_WINDOWS non-overlapping windows of the validation split,
     (B, T) int64 (fewer windows when the split is short; one shorter window when it is shorter
     than seq_len). No padding: every probe token is real text."""
-    from llmlab.data.loader import open_split
-
     tokens = open_split(data_dir, "val", vocab_size)
     n = min(PROBE_WINDOWS, len(tokens) // seq_len)
     if n == 0:
@@ -50,8 +52,6 @@ def probe_batch(data_dir: str | Path, seq_len: int, vocab_size: int | None = Non
 
 
 def moe_layers(model: nn.Module) -> list[nn.Module]:
-    from llmlab.model.moe import MoE
-
     return [m for m in model.modules() if isinstance(m, MoE)]
 
 
@@ -93,9 +93,6 @@ def record_routing(model: nn.Module, probe_BT: torch.Tensor, run_dir: str | Path
     built once per session) at `step`, in eval mode. Every rank runs the forward (so that it works
     under FSDP); only `write=True` (rank 0) writes. Returns the file written; None for a dense
     model or a rank that does not write."""
-    from llmlab.runs import write_bytes_atomic
-    from llmlab.train.step import eval_context
-
     with eval_context(model):
         assignments = top_k_assignments(model, probe_BT, autocast_dtype)
     if assignments is None or not write:

@@ -1,10 +1,11 @@
-"""Building blocks shared by `llmlab train` and `llmlab eval`: data, dtype, model, compilation,
-RNG state. (The per-split figures are in llmlab.train.evaluate.)"""
+"""Building blocks shared by `llmlab train`, `llmlab eval` and the training benchmarks: data, the
+model, the one training-step builder (`build_trainable`), compilation, RNG state. (The per-split
+figures are in llmlab.train.evaluate.)"""
 
 from __future__ import annotations
 
 import random
-import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -12,16 +13,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from llmlab.config import DataConfig, ModelConfig, TrainConfig
+from llmlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from llmlab.data.loader import read_meta
+from llmlab.data.prepare import ensure_prepared
+from llmlab.model import GPT
+from llmlab.train import distributed
 from llmlab.train.distributed import DistInfo, barrier
+from llmlab.train.optim import build_optimizer
+from llmlab.train.step import LossHead
 
 
 def prepare_data(data_cfg: DataConfig, info: DistInfo) -> tuple[Path, dict[str, Any]]:
     """Prepare the token files once (rank 0 first, the others wait) and read their meta. (The
     loader checks that the model's vocab_size equals the tokenizer's, naming both.)"""
-    from llmlab.data.loader import read_meta
-    from llmlab.data.prepare import ensure_prepared
-
     if info.is_main:
         ensure_prepared(data_cfg, progress=True)
     barrier()
@@ -29,21 +33,9 @@ def prepare_data(data_cfg: DataConfig, info: DistInfo) -> tuple[Path, dict[str, 
     return data_dir, read_meta(data_dir)
 
 
-def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """None = plain fp32. auto: bf16 autocast on CUDA; fp32 on CPU, where bf16 matmuls are
-    hundreds of times slower than fp32 on most chips (DESIGN.md section 5)."""
-    if cfg.dtype == "fp32" or (cfg.dtype == "auto" and device.type != "cuda"):
-        return None
-    if device.type == "cpu":
-        warnings.warn("train.dtype = bf16 on CPU is usually far slower than fp32", stacklevel=2)
-    return torch.bfloat16
-
-
 def build_model(model_cfg: ModelConfig, seed: int, device: torch.device) -> nn.Module:
     """The GPT in fp32 master weights (autocast does the low-precision matmuls), seeded: the
     initial weights depend on the seed alone, on every rank."""
-    from llmlab.model import GPT
-
     torch.manual_seed(seed)
     model = GPT(model_cfg)
     return model.to(device)
@@ -55,6 +47,32 @@ def compile_fn(fn: Callable, cfg: TrainConfig, fullgraph: bool = True) -> Callab
     if not cfg.compile:
         return fn
     return torch.compile(fn, backend=cfg.compile_backend, fullgraph=fullgraph, dynamic=False)
+
+
+@dataclass
+class Trainable:
+    """What one training step updates: the model, the module a step calls (its loss head, wrapped
+    for DDP / FSDP and compiled as asked) and the optimizer over the model's parameters."""
+
+    model: nn.Module
+    module: nn.Module
+    optimizer: torch.optim.Optimizer
+
+
+def build_trainable(cfg: RunConfig, device: torch.device, amp: torch.dtype | None, *, seed: int,
+                    compile: bool, info: DistInfo | None = None) -> Trainable:
+    """The one training-step builder: `llmlab train` (info: its ranks) and every training benchmark
+    (`bench train`, `gpu_check`, `plan --measure-cpu`) time and train the same model, loss head,
+    compilation and AdamW. DDP's optimizer splits graphs at gradient-bucket boundaries (overlapping
+    all-reduce with backward), so fullgraph is for single-process and FSDP runs only."""
+    model = build_model(cfg.model, seed, device)
+    module: nn.Module = LossHead(model, amp, device.type)
+    if info is not None:
+        module = distributed.wrap_for_training(module, model, info, cfg.train.parallelism)
+    if compile:
+        module = torch.compile(module, backend=cfg.train.compile_backend,
+                               fullgraph=not distributed.is_ddp(module), dynamic=False)
+    return Trainable(model, module, build_optimizer(model, cfg.train, device))
 
 
 # ---------------------------------------------------------------------------------------------

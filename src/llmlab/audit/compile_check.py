@@ -20,13 +20,13 @@ import torch
 
 from llmlab.audit.dynamic import quiet, run_checks
 from llmlab.audit.target import Target
-from llmlab.bench.common import emit_json, print_table
 from llmlab.config import PRECISIONS, ModelConfig, load_model_config, to_dict
-from llmlab.device import torch_dtype
+from llmlab.device import autocast_dtype, resolve_dtype
 from llmlab.errors import ConfigError
-from llmlab.infer.generate import decode_step
+from llmlab.infer.step import decode_step
 from llmlab.model import GPT
-from llmlab.model.moe import check_compilable
+from llmlab.model.moe_advice import check_compilable
+from llmlab.tables import emit_json, print_table
 
 
 def gpt_target(cfg: ModelConfig, *, batch_size: int, seq_len: int, decode_steps: int, device: str) -> Target:
@@ -46,7 +46,7 @@ def compile_check(cfg: ModelConfig, *, steps: int = 4, decode_steps: int = 32, b
                   seq_len: int = 64, backend: str = "inductor", dtype: str = "fp32",
                   device: str = "cpu") -> dict[str, Any]:
     """{"ok": every row passed, "rows": [forward graph breaks, train step, decode]} (audit rows)."""
-    amp = torch_dtype(dtype)
+    amp = resolve_dtype(dtype, device)
     check_compilable(cfg.moe, compile=True, dtype=amp, device=device)  # a dispatch that cannot compile: exit 2, one line
     if seq_len > cfg.max_seq_len or decode_steps > cfg.max_seq_len:
         raise ConfigError(f"seq_len ({seq_len}) and decode steps ({decode_steps}) must fit "
@@ -54,7 +54,7 @@ def compile_check(cfg: ModelConfig, *, steps: int = 4, decode_steps: int = 32, b
     target = gpt_target(cfg, batch_size=batch_size, seq_len=seq_len, decode_steps=decode_steps, device=device)
     with quiet():
         checks = run_checks(target, steps, positions=decode_steps, shapes=False, backend=backend,
-                            dtype=None if amp == torch.float32 else amp)
+                            dtype=autocast_dtype(dtype, device))
     rows = [c.to_dict() for c in checks]
     return {"ok": all(r["ok"] for r in rows), "rows": rows}
 

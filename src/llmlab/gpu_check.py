@@ -38,34 +38,36 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
+from torch._dynamo.utils import counters
+from torch._inductor import cudagraph_utils
 from torch.profiler import ProfilerActivity, profile
 
 import llmlab
-from llmlab.bench.common import environment, print_table
-from llmlab.bench.compile_check import compile_check
+from llmlab.audit.compile_check import compile_check
 from llmlab.bench.infer import hf_peer, hf_static_compiled_run
 from llmlab.bench.train import our_step, warm_up
 from llmlab.config import ModelConfig, load_model_config, load_run_config
-from llmlab.device import resolve_dtype
+from llmlab.device import autocast_dtype, resolve_dtype
+from llmlab.environment import machine
 from llmlab.errors import ConfigError
+from llmlab.files import read_json, write_json
 from llmlab.infer import generate
 from llmlab.infer.compiled import compiled_decode_step
-from llmlab.infer.generate import decode_context, decode_step, prefill
 from llmlab.infer.measure import measure_decode, random_prompt, time_interleaved
+from llmlab.infer.step import decode_context, decode_step, prefill
 from llmlab.model import GPT
 from llmlab.model.accounting import count
 from llmlab.model.kv_cache import KVCache
 from llmlab.model.mlp import mlp_params
 from llmlab.model.moe import expert_capacity
-from llmlab.runs import read_json, write_json
-from llmlab.timing import intra_op_threads, sync
+from llmlab.tables import print_table
+from llmlab.timing import clock, intra_op_threads
 from llmlab.train.metrics import mfu, peak_flops
-from llmlab.train.setup import autocast_dtype
 
 VARIANTS = {"base": "base-125m", "gqa": "gqa-125m", "gqa+moe": "gqa-moe-125m"}
 DRY_VARIANTS = {"base": "tiny", "gqa": "tiny-gqa", "gqa+moe": "tiny-moe"}
 PARTS = ("tests", "train", "decode", "sdpa", "moe_dispatch", "compile_check")
-REPO = Path(llmlab.__file__).resolve().parents[2]  # the tree this llmlab was imported from
+REPO = Path(llmlab.__file__).resolve().parents[2]  # the tree this llmlab was imported from (src/llmlab/..)
 
 
 @dataclass
@@ -165,17 +167,16 @@ def train_rate(run_config: str, p: Plan, variant: str, overrides: list[str] = ()
         sets.append(f"train.micro_batch_size={p.batch_size}")
     cfg = load_run_config(f"configs/runs/{run_config}.toml", sets)
     device = torch.device(p.device)
-    amp = autocast_dtype(cfg.train, device)
+    amp = autocast_dtype(cfg.train.dtype, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     step = our_step(cfg, device, amp, compiled=p.train_compiled)
     warmup_s = warm_up(step, device, p.warmup_steps)
-    sync(device)
-    t0 = time.perf_counter()
+    t0 = clock(device)
     skipped = sum(not step().applied for _ in range(p.train_steps))
-    sync(device)
+    seconds = clock(device) - t0
     tokens = cfg.train.micro_batch_size * cfg.train.seq_len
-    rate = p.train_steps * tokens / (time.perf_counter() - t0)
+    rate = p.train_steps * tokens / seconds
     peak = peak_flops(device) if amp == torch.bfloat16 else None
     moe = cfg.model.moe
     return {"variant": variant, "config": run_config, "overrides": list(overrides), "compiled": p.train_compiled,
@@ -252,9 +253,6 @@ def compiled_decode_error(model: GPT, ids: torch.Tensor, prompt_len: int) -> dic
 def cudagraph_skips() -> int:
     """Inductor's count of decode graphs it ran without CUDA graphs (it only logs them). A renamed
     counter would read 0 forever from the defaultdict: refuse to trust one inductor no longer writes."""
-    from torch._dynamo.utils import counters
-    from torch._inductor import cudagraph_utils
-
     if '"cudagraph_skips"' not in inspect.getsource(cudagraph_utils):
         raise RuntimeError("inductor no longer counts counters['inductor']['cudagraph_skips']: update gpu_check")
     return counters["inductor"]["cudagraph_skips"]
@@ -421,7 +419,7 @@ def gpu_slug(name: str) -> str:
 def new_record(p: Plan, dry_run: bool, budget_s: float) -> dict[str, Any]:
     return {"bench": "gpu_check", "dry_run": dry_run, "budget_s": budget_s,
             "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "llmlab": source_identity(), "gpu": gpu_identity(dry_run), "env": environment(p.device),
+            "llmlab": source_identity(), "gpu": gpu_identity(dry_run), "env": machine(p.device),
             "parts": {name: {"status": "pending", "rows": []} for name in PARTS}}
 
 

@@ -1,4 +1,4 @@
-"""Run a campaign: the learning-rate sweep (schedule.py), then every variant at every seed at its
+"""Run a campaign: the learning-rate sweep (runlist.py), then every variant at every seed at its
 chosen LR (resuming where a run stopped), then the decode sweep with and without the KV cache on
 each variant's first-seed weights. Each run directory is a complete record (fingerprint, config,
 env, metrics, checkpoints, result.json; infer.json for the measured one); campaign.json lists
@@ -17,19 +17,21 @@ again), and one process at a time works in a folder (`run_and_report` holds its 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from llmlab.campaign import integrity, schedule
-from llmlab.campaign.plan import Campaign, GenerateSpec, Variant
+from llmlab.campaign import integrity, runlist
 from llmlab.campaign.report import write_report
+from llmlab.campaign.spec import Campaign, GenerateSpec, Variant
 from llmlab.device import resolve_device, resolve_dtype
+from llmlab.environment import machine
+from llmlab.files import read_json, write_json
 from llmlab.infer.generate import generate
+from llmlab.infer.load import load_for_inference
 from llmlab.infer.measure import measure_decode
-from llmlab.runs import load_for_inference, read_json, read_metrics, write_json
+from llmlab.runs import INFER_FILE, is_finished, read_metrics, read_result
 from llmlab.train import train
 from llmlab.train.branch import seed_branch
 from llmlab.train.lock import RunLock
@@ -62,7 +64,7 @@ def run_campaign(campaign: Campaign, out_dir: str | Path, *, retrain: list[str] 
     out = Path(out_dir)
     identity = integrity.DataIdentities()
     integrity.reset(integrity.variants_to_retrain(campaign, out, list(retrain)))
-    sweep = _prepared(schedule.sweep_runs(campaign), out, identity)
+    sweep = _prepared(runlist.sweep_runs(campaign), out, identity)
     out.mkdir(parents=True, exist_ok=True)
     if sweep and not (out / "campaign.json").exists():
         # A first run: record the sweep in progress. An existing campaign.json stays as it is until
@@ -70,7 +72,7 @@ def run_campaign(campaign: Campaign, out_dir: str | Path, *, retrain: list[str] 
         write_json(out / "campaign.json", campaign_record(campaign, out, sweep, []))
     outcomes = _train_all(sweep, out, "sweep")
     lrs = chosen_lrs(campaign, out, sweep, outcomes)
-    seeds = _prepared(schedule.seed_runs(campaign, lrs), out, identity)
+    seeds = _prepared(runlist.seed_runs(campaign, lrs), out, identity)
     write_json(out / "campaign.json", campaign_record(campaign, out, sweep, seeds, outcomes, lrs))
     outcomes |= _train_all(seeds, out, "seed")
     write_json(out / "campaign.json", campaign_record(campaign, out, sweep, seeds, outcomes, lrs))
@@ -82,10 +84,10 @@ def run_campaign(campaign: Campaign, out_dir: str | Path, *, retrain: list[str] 
     return [out / run.dirname for run, _ in seeds if run.kind == "seed"]
 
 
-Prepared = list[tuple[schedule.PlannedRun, dict[str, Any]]]
+Prepared = list[tuple[runlist.PlannedRun, dict[str, Any]]]
 
 
-def _prepared(runs: list[schedule.PlannedRun], out: Path, identity: integrity.DataIdentities) -> Prepared:
+def _prepared(runs: list[runlist.PlannedRun], out: Path, identity: integrity.DataIdentities) -> Prepared:
     """Each planned run with its fingerprint, after checking every existing record matches."""
     planned = [(run, integrity.fingerprint(run.config, identity(run.config.data))) for run in runs]
     integrity.check_records([(run.variant, out / run.dirname, fp) for run, fp in planned])
@@ -105,7 +107,7 @@ def _train_all(planned: Prepared, out: Path, label: str) -> dict[str, str]:
             outcomes[run.dirname] = "diverged"
             continue
         integrity.record(run_dir, fp)
-        if run.stable is not None and not _completed(run_dir):
+        if run.stable is not None and not is_finished(run_dir):
             step = seed_branch(out / run.stable, run.config, run_dir)
             print(f"   decay branch: resumes from {run.stable} at update {step}", flush=True)
         outcomes[run.dirname] = train_once(run.config, run_dir)
@@ -116,7 +118,7 @@ def train_once(cfg: Any, run_dir: Path) -> str:
     """"completed" or "diverged". A finished run is not retrained; a run that diverged (a
     non-finite loss: its metrics end with a "diverged" event) is not retried -- it would diverge
     again from the same checkpoint -- and counts as a failed point (the sweep excludes it)."""
-    if _completed(run_dir):
+    if is_finished(run_dir):
         print("   already trained (result.json present, same fingerprint); skipping", flush=True)
         return "completed"
     if _diverged(run_dir):
@@ -133,10 +135,10 @@ def train_once(cfg: Any, run_dir: Path) -> str:
 
 
 def chosen_lrs(campaign: Campaign, out: Path, sweep: Prepared, outcomes: dict[str, str]) -> dict[str, float]:
-    """Each variant's LR: the sweep's choice (schedule.CHOICE_RULE), else its config's train.lr."""
+    """Each variant's LR: the sweep's choice (runlist.CHOICE_RULE), else its config's train.lr."""
     if campaign.sweep is None:
         return {v.name: v.config.train.lr for v in campaign.variants}
-    return {v.name: schedule.choose_lr(v.name, sweep_entries(v.name, sweep, outcomes, out))
+    return {v.name: runlist.choose_lr(v.name, sweep_entries(v.name, sweep, outcomes, out))
             for v in campaign.variants}
 
 
@@ -147,7 +149,7 @@ def sweep_entries(name: str, sweep: Prepared, outcomes: dict[str, str], out: Pat
         if run.variant != name:
             continue
         status = outcomes.get(run.dirname, "pending")
-        result = read_json(out / run.dirname / "result.json") if status == "completed" else {}
+        result = read_result(out / run.dirname) if status == "completed" else {}
         entries.append({"lr": run.lr, "dir": run.dirname, "status": status, "val_loss": result.get("val_loss"),
                         "steps": run.config.train.total_steps(), "seed": run.seed})
     return entries
@@ -155,7 +157,7 @@ def sweep_entries(name: str, sweep: Prepared, outcomes: dict[str, str], out: Pat
 
 def _measure(run_dir: Path, spec: GenerateSpec, variant: Variant, config_sha: str, remeasure: bool) -> None:
     """Write infer.json unless it holds a measurement of this very spec (and not remeasure)."""
-    path = run_dir / "infer.json"
+    path = run_dir / INFER_FILE
     want = measurement_spec(spec, variant, config_sha)
     if path.is_file() and not remeasure:
         old = read_json(path).get("spec")
@@ -172,15 +174,16 @@ def measurement_spec(spec: GenerateSpec, variant: Variant, config_sha: str) -> d
     and torch version, the weights."""
     device = _device(variant)
     cases = _cases(spec, device)
+    env = machine(device)
     out = {
         "contexts": spec.contexts, "batch_sizes": spec.batch_sizes, "new_tokens": spec.new_tokens,
         "repeats": spec.repeats, "cases": list(cases), "prompt": spec.prompt,
-        "max_new_tokens": spec.max_new_tokens, "device": str(device),
+        "max_new_tokens": spec.max_new_tokens, "device": env["device"],
         "dtype": str(resolve_dtype("auto", device)).removeprefix("torch."),
-        "threads": torch.get_num_threads(), "torch": torch.__version__, "config_sha256": config_sha,
+        "threads": env["threads"], "torch": env["torch"], "config_sha256": config_sha,
     }
-    if device.type == "cuda":
-        out["gpu"] = torch.cuda.get_device_name(device)
+    if "gpu" in env:
+        out["gpu"] = env["gpu"]
     if "compiled" in cases:
         out["compile_mode"] = spec.compile_mode
     return out
@@ -259,8 +262,8 @@ def campaign_record(campaign: Campaign, out: Path, sweep: Prepared, seeds: Prepa
     return {
         "name": campaign.name, "match": campaign.match, "tolerance": campaign.tolerance,
         "generate": vars(campaign.generate), "seeds": campaign.seeds,
-        "sweep": {"lr": campaign.sweep.lr, "fraction": campaign.sweep.fraction, "rule": schedule.CHOICE_RULE,
-                  "seeds": schedule.sweep_seeds(campaign), "eval_windows": campaign.sweep.eval_windows}
+        "sweep": {"lr": campaign.sweep.lr, "fraction": campaign.sweep.fraction, "rule": runlist.CHOICE_RULE,
+                  "seeds": runlist.sweep_seeds(campaign), "eval_windows": campaign.sweep.eval_windows}
         if campaign.sweep else None,
         "budgets": {"fractions": campaign.budgets.fractions, "method": "decay branches of one stable WSD run per "
                     "variant and seed (Hägele et al. 2024)"} if campaign.budgets else None,
@@ -272,6 +275,3 @@ def _diverged(run_dir: Path) -> bool:
     return any(r.get("event") == "diverged" for r in read_metrics(run_dir)) if run_dir.is_dir() else False
 
 
-def _completed(run_dir: Path) -> bool:
-    path = run_dir / "result.json"
-    return path.is_file() and json.loads(path.read_text()).get("status") == "completed"

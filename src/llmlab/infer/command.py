@@ -1,18 +1,15 @@
-"""`llmlab generate`: load weights (a run directory) or build random ones (a config), time generation."""
+"""`llmlab generate`: a prompt in, generated ids, text and timings out (the model from infer/load.py)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from llmlab.config import load_model_config
-from llmlab.device import resolve_dtype
 from llmlab.errors import ConfigError
-from llmlab.infer.generate import check_compile, generate_timed
-from llmlab.model import GPT
-from llmlab.runs import load_for_inference  # a run knows its tokenizer
+from llmlab.infer.generate import generate_timed
+from llmlab.infer.load import load_run_or_config
+from llmlab.infer.step import parse_compile_mode
 
 
 def parse_prompt_ids(text: str, vocab_size: int) -> list[int]:
@@ -28,29 +25,12 @@ def parse_prompt_ids(text: str, vocab_size: int) -> list[int]:
     return ids
 
 
-def load_source(source: str, overrides: list[str], device: str, seed: int, dtype: str = "fp32"
-                ) -> tuple[GPT, Any]:
-    """(model in eval mode, tokenizer or None). A directory = a training run; a file = a config."""
-    path = Path(source)
-    if not path.exists():
-        raise ConfigError(f"{source}: no such run directory or config file")
-    if path.is_dir():
-        if overrides:
-            raise ConfigError(f"--set applies to a config file; {source} is a run directory, whose model is "
-                              "the one it trained: drop --set")
-        model, tokenizer = load_for_inference(path, device=device)
-    else:
-        torch.manual_seed(seed)
-        model, tokenizer = GPT(load_model_config(path, overrides)).to(device), None
-    return model.to(resolve_dtype(dtype, device)).eval(), tokenizer
-
-
 def generate_from_source(source: str, *, prompt: str | None, prompt_ids: str | None, max_new_tokens: int,
                          use_kv_cache: bool, temperature: float, top_k: int | None, seed: int,
                          batch_size: int = 1, device: str = "cpu", dtype: str = "auto", compile: bool | str = False,
                          decode_threads: int | None = None, verbose: bool = False,
                          overrides: list[str] = ()) -> dict[str, Any]:
-    model, tokenizer = load_source(source, list(overrides), device, seed, dtype)
+    model, tokenizer = load_run_or_config(source, list(overrides), device, seed, dtype)
     vocab = model.config.vocab_size
     if prompt is not None:
         if tokenizer is None:
@@ -80,6 +60,6 @@ def generate_from_source(source: str, *, prompt: str | None, prompt_ids: str | N
         "decode_threads": times.decode_threads,
         "thread_trial_ms": times.thread_trial_ms,
         "kv_cache": use_kv_cache,
-        "compiled": check_compile(compile) is not None,
-        "compile_mode": check_compile(compile),
+        "compiled": parse_compile_mode(compile) is not None,
+        "compile_mode": parse_compile_mode(compile),
     }

@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
+from llmlab.campaign.stability import SpikeRule, detect_spikes, run_spikes
 from llmlab.errors import LLMLabError
-from llmlab.train.stability import SpikeRule, detect_spikes, run_spikes
 
 
 def noisy_curve(seed: int, n: int = 1000) -> tuple[list[int], list[float]]:
@@ -66,7 +66,7 @@ def test_bad_rule_is_an_error():
 def test_a_real_tiny_run_has_no_spikes_until_one_is_injected(make_config, tmp_path):
     from llmlab.config import load_run_config
     from llmlab.train import train
-    from llmlab.train.stability import run_stability
+    from llmlab.campaign.stability import run_stability
 
     train(load_run_config(make_config(train={"max_steps": 60})), tmp_path / "run")
     clean = run_stability(tmp_path / "run")
@@ -86,7 +86,7 @@ def test_every_step_is_recorded_and_a_spike_right_after_warmup_is_caught(make_co
     step after warm-up (step 6 of a 5-step warm-up) is flagged, in the loss and the grad norm."""
     from llmlab.config import load_run_config
     from llmlab.train import train
-    from llmlab.train.stability import run_stability, series
+    from llmlab.campaign.stability import run_stability, series
 
     cfg = load_run_config(make_config(train={"max_steps": 30, "log_interval": 10}))
     train(cfg, tmp_path / "run")

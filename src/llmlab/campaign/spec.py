@@ -7,7 +7,7 @@ tolerance = 0.01
 seeds = [0, 1, 2]                         # every variant at every seed (default: [train.seed])
 
 [sweep]                                   # optional: each variant's LR chosen on the same tokens
-lr = [1e-3, 2e-3, 4e-3]                   # the grid (schedule.py: lowest final val loss wins)
+lr = [1e-3, 2e-3, 4e-3]                   # the grid (runlist.py: lowest final val loss wins)
 fraction = 0.5                            # share of the budget each sweep run trains on
 seeds = [0, 1]                            # optional: the sweep at several seeds (default: the first seed)
 eval_windows = 256                        # optional: a larger validation set for the sweep runs
@@ -44,7 +44,7 @@ variant that changes any of them (RECIPE_KEYS) is refused unless it is marked `a
 A variant whose matched figure is more than `tolerance` off the first variant's is an error: the
 comparison would not be at equal parameters. Ablations are exempt from both rules and are
 labelled as such in the plan and the report, never silently treated as iso-parameter (DESIGN.md 9).
-Run directories are `<out>/<variant>/sweep/lr-X` and `<out>/<variant>/seed-N` (schedule.py);
+Run directories are `<out>/<variant>/sweep/lr-X` and `<out>/<variant>/seed-N` (runlist.py);
 with `[budgets]`, also `<out>/<variant>/stable/seed-N` and `<out>/<variant>/budget-U/seed-N`.
 """
 
@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmlab.config import RunConfig, deep_merge, flatten, read_toml, run_config_from_dict
+from llmlab.config import RunConfig, apply_overrides, deep_merge, flatten, read_toml, run_config_from_dict
 from llmlab.errors import ConfigError
 from llmlab.model.accounting import count
 from llmlab.train.schedule import wsd_decay_start
@@ -197,8 +197,6 @@ class Campaign:
 
 def load_campaign(path: str | Path, overrides: list[str] = ()) -> Campaign:
     """Read, merge and validate a campaign; `overrides` (--set) apply to every variant."""
-    from llmlab.config import apply_overrides
-
     path = Path(path)
     data = read_toml(path)
     shared = {k: v for k, v in data.items() if k not in CAMPAIGN_KEYS}

@@ -16,14 +16,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from llmlab.bench import gpu_check
-from llmlab.bench.gpu_check import PARTS, executed_flops_per_token, main, plan, run_parts
+from llmlab import gpu_check
 from llmlab.config import ModelConfig, MoEConfig
 from llmlab.errors import ConfigError
+from llmlab.gpu_check import PARTS, executed_flops_per_token, main, plan, run_parts
 from llmlab.model.accounting import count
 from llmlab.train.metrics import peak_flops
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 
 def bare_copy(dest: Path) -> Path:

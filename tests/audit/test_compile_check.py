@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from llmlab.bench.compile_check import main
+from llmlab.audit.compile_check import main
 from llmlab.model import gpt
 
 ARGS = ["configs/models/tiny-gqa.toml", "--set", "model.vocab_size=128", "--set", "model.n_layers=1",

@@ -1,27 +1,11 @@
-"""The benchmark output contract: what the figures were measured on, a human table, then exactly
-one JSON line. (Timing itself is llmlab.timing.)"""
+"""The output contract of every benchmark and check: a human table, then exactly one JSON line
+(which carries what the figures were measured on: llmlab.environment.machine). Timing itself is
+llmlab.timing."""
 
 from __future__ import annotations
 
 import json
-import platform
 from typing import Any
-
-import torch
-
-
-def environment(device: torch.device | str = "cpu") -> dict[str, Any]:
-    """What the figures were measured on: they mean nothing without it."""
-    env = {
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "device": str(device),
-        "threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(),
-    }
-    if torch.device(device).type == "cuda":
-        env["gpu"] = torch.cuda.get_device_name()
-    return env
 
 
 def print_table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str]]) -> None:

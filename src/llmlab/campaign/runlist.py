@@ -12,7 +12,7 @@ fraction of its peak), `train.seed`, and for sweep runs the budget (`train.max_s
 compressed in proportion). Everything else -- data, tokens per update, seq_len -- is the
 variant's, so each variant's sweep runs see the same tokens in the same order.
 
-With `[budgets]` (plan.BudgetSpec) each seed run is a decay branch: the stable run (the same
+With `[budgets]` (spec.BudgetSpec) each seed run is a decay branch: the stable run (the same
 config at a constant rate after the same warm-up, `train.max_steps` = the latest decay start,
 checkpoints kept at every branch's decay start) trains first, then each budget's branch resumes
 from its decay start (train/branch.py). A branch of a fraction of the budget is the WSD run of
@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from llmlab.campaign.integrity import run_dirname
-from llmlab.campaign.plan import Campaign, Variant, budget_steps
+from llmlab.campaign.spec import Campaign, Variant, budget_steps
 from llmlab.config import RunConfig, run_config_from_dict
 from llmlab.errors import LLMLabError
 from llmlab.train.branch import branch_start, stable_config

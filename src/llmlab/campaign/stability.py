@@ -21,7 +21,7 @@ rule runs from the first step after warm-up, with the warm-up steps as its histo
 before per-step values were kept give one sampled value each.
 
 Defaults: window 50, ref 5, threshold 7, floor 1 %, at least 5 earlier values. Gaussian noise reaches 5.5 robust std at most
-over 50,000 synthetic rows, and a jump of 10 noise std scores 9 to 14; tests/train/test_stability.py
+over 50,000 synthetic rows, and a jump of 10 noise std scores 9 to 14; tests/campaign/test_stability.py
 pins an injected spike flagged, and smooth synthetic and real runs clean.
 """
 
@@ -34,7 +34,9 @@ from typing import Any
 
 import numpy as np
 
+from llmlab.config import load_run_config
 from llmlab.errors import LLMLabError
+from llmlab.runs import CONFIG_FILE, read_metrics
 
 MAD_TO_STD = 1.4826  # 1 / Phi^-1(3/4): MAD -> std for Gaussian noise
 
@@ -140,9 +142,6 @@ def run_spikes(rows: Iterable[dict[str, Any]], warmup: int, rule: SpikeRule = Sp
 
 def run_stability(run_dir: str | Path, rule: SpikeRule = SpikeRule()) -> dict[str, Any]:
     """`run_spikes` of a run directory: its metrics.jsonl, with the warm-up of its config.toml."""
-    from llmlab.config import load_run_config
-    from llmlab.runs import CONFIG_FILE, read_metrics
-
     warmup = load_run_config(Path(run_dir) / CONFIG_FILE).train.warmup
     return run_spikes(read_metrics(run_dir), warmup, rule)
 
