@@ -8,7 +8,6 @@ import json
 import math
 
 
-
 def test_a_real_tiny_run_has_no_spikes_until_one_is_injected(make_config, tmp_path):
     from llmlab.config import load_run_config
     from llmlab.train import train

@@ -188,8 +188,6 @@ def _inference_dtype_bytes(run_dir: Path, device: Any) -> int:
     return {"float32": 4, "bfloat16": 2, "float16": 2}[dtype]
 
 
-
-
 DIFFERENCE_COLUMNS: list[Column] = [
     ("variant", "variant", ""), ("against", "against", ""), ("n", "paired seeds", "d"),
     ("mean", "Δ test loss", "+.4f"), ("low", "95 % CI low", "+.4f"), ("high", "95 % CI high", "+.4f"),

@@ -25,6 +25,7 @@ from llmlab.infer.step import (DecodeFn, check_sampling, check_threads, decode_c
 from llmlab.model import GPT
 from llmlab.timing import clock, intra_op_threads  # at timing boundaries only, never per token
 
+
 def check_lengths(model: GPT, idx: torch.Tensor, max_new_tokens: int) -> None:
     limit = model.config.max_seq_len
     if idx.ndim != 2 or idx.shape[1] == 0:

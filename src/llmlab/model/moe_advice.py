@@ -13,6 +13,7 @@ from llmlab.device import resolve_device, resolve_dtype
 from llmlab.errors import ConfigError
 from llmlab.model.moe import COMPILE_FIXES, check_grouped_compilable, grouped_kernel
 
+
 def check_compilable(cfg: MoEConfig | None, *, compile: bool, dtype: torch.dtype | None, use: str = "train",
                      device: torch.device | str = "cpu") -> None:
     """A ConfigError, before any work, for a MoE that torch.compile cannot trace: `loop` (data-dependent
