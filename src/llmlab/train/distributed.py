@@ -174,7 +174,7 @@ def full_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict
     """Model and optimizer state as plain CPU tensors; a collective under FSDP (all ranks call)."""
     if not is_fsdp(model):
         return model.state_dict(), optimizer.state_dict()
-    from torch.distributed.checkpoint.state_dict import (
+    from torch.distributed.checkpoint.state_dict import (  # FSDP runs only (see _fully_shard)
         StateDictOptions,
         get_model_state_dict,
         get_optimizer_state_dict,
@@ -189,7 +189,7 @@ def load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer, model_sd
         model.load_state_dict(model_sd)
         optimizer.load_state_dict(optim_sd)
         return
-    from torch.distributed.checkpoint.state_dict import (
+    from torch.distributed.checkpoint.state_dict import (  # FSDP runs only (see _fully_shard)
         StateDictOptions,
         set_model_state_dict,
         set_optimizer_state_dict,
