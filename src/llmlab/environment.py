@@ -7,7 +7,6 @@ import os
 import platform
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -53,7 +52,7 @@ def run_environment(device: torch.device, dtype: torch.dtype, world_size: int) -
     return {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "host": socket.gethostname(),
-        "python": sys.version.split()[0],
+        "python": m["python"],
         "platform": platform.platform(),
         "torch": m["torch"],
         "llmlab": __version__,

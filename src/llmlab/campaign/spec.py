@@ -50,7 +50,7 @@ with `[budgets]`, also `<out>/<variant>/stable/seed-N` and `<out>/<variant>/budg
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -211,8 +211,8 @@ def load_campaign(path: str | Path, overrides: list[str] = ()) -> Campaign:
     except TypeError as e:
         raise ConfigError(f"{path}: [generate]: {e}") from None
     campaign = Campaign(data.get("name", path.stem), match, float(data.get("tolerance", 0.01)), gen,
-                        sweep=_sweep(path, data.get("sweep")), seeds=_seeds(path, data.get("seeds")),
-                        budgets=_budgets(path, data.get("budgets")))
+                        sweep=_table(path, "sweep", SweepSpec, data.get("sweep")), seeds=_seeds(path, data.get("seeds")),
+                        budgets=_table(path, "budgets", BudgetSpec, data.get("budgets")))
     names = set()
     for spec in specs:
         name = spec.get("name")
@@ -238,22 +238,16 @@ def load_campaign(path: str | Path, overrides: list[str] = ()) -> Campaign:
     return campaign
 
 
-def _sweep(path: Path, table: Any) -> SweepSpec | None:
+def _table(path: Path, name: str, spec: type, table: Any) -> Any:
+    """A [name] table of the campaign file as its spec dataclass (None when absent); an unknown or
+    missing key is a one-line error listing the keys."""
     if table is None:
         return None
     try:
-        return SweepSpec(**table)
+        return spec(**table)
     except TypeError as e:
-        raise ConfigError(f"{path}: [sweep]: {e} (keys: lr, fraction, seeds, eval_windows)") from None
-
-
-def _budgets(path: Path, table: Any) -> BudgetSpec | None:
-    if table is None:
-        return None
-    try:
-        return BudgetSpec(**table)
-    except TypeError as e:
-        raise ConfigError(f"{path}: [budgets]: {e} (keys: fractions)") from None
+        keys = ", ".join(f.name for f in fields(spec))
+        raise ConfigError(f"{path}: [{name}]: {e} (keys: {keys})") from None
 
 
 def budget_steps(cfg: RunConfig, fraction: float) -> int:

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from llmlab.errors import LLMLabError
 from llmlab.runs import WindowLosses
@@ -113,6 +112,8 @@ def paired_difference(variant: Mapping[int, float], baseline: Mapping[int, float
         low = high = mean
         p_value = None
     else:
+        from scipy import stats  # on use: scipy.stats costs ~0.7 s of start-up (`llmlab plan`, `report`)
+
         test = stats.ttest_rel(v, b)
         interval = test.confidence_interval(confidence_level=confidence)
         low, high, p_value = float(interval.low), float(interval.high), float(test.pvalue)
@@ -139,6 +140,8 @@ def resolvable_difference(seed_std: float, n_seeds: int, confidence: float = 0.9
         return None
     if seed_std < 0:
         raise LLMLabError(f"seed_std must be >= 0, got {seed_std}")
+    from scipy import stats  # on use, as above
+
     t = float(stats.t.ppf((1 + confidence) / 2, 2 * n_seeds - 2))
     return t * seed_std * math.sqrt(2 / n_seeds)
 

@@ -19,7 +19,6 @@ from typing import Callable
 import torch
 
 from llmlab.errors import ConfigError
-from llmlab.infer.compiled import compiled_decode_step
 from llmlab.infer.step import (DecodeFn, check_sampling, check_threads, decode_context, decode_step,
                                parse_compile_mode, prefill, sample)
 from llmlab.model import GPT
@@ -107,6 +106,10 @@ def generate_timed(model: GPT, idx: torch.Tensor, max_new_tokens: int, use_kv_ca
     try:
         compile_s = trial = None
         if mode:
+            # Imported here: compiled.py loads torch.compile's machinery (dynamo, inductor's config),
+            # ~2 s of start-up that eager generation -- and every `import llmlab.infer` -- would pay.
+            from llmlab.infer.compiled import compiled_decode_step
+
             # Compiling (reported apart) installs the step's own caches, kept across calls.
             compiled, compile_s = compiled_decode_step(model, B, T + max_new_tokens, warm_pos=T, mode=mode,
                                                        decode_threads=decode_threads, verbose=verbose)
